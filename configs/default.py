@@ -1,0 +1,44 @@
+"""The embedded default: WRN-16-2 on scikit-learn's 8x8 digits, about a minute on 2 CPU cores.
+
+  python -m launch.train --config=configs/default.py --workdir=/tmp/jaxbud/default
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = ml_collections.ConfigDict(dict(
+      family='wrn',        # wrn | densenet_bc | resnet
+      depth=16,
+      widen=2.0,           # WRN width k (fractional allowed)
+      growth=12,           # DenseNet-BC growth rate k
+      bottleneck_scale=1.0,  # uniform multiplier Z on every prunable width: int(w * Z)
+      spec_file='',        # a spec JSON (e.g. a pruned snapshot) overrides the family fields
+      dtype='float32',     # compute dtype: float32 | bfloat16
+  ))
+  c.data = ml_collections.ConfigDict(dict(
+      name='digits',       # digits | cifar10 | cifar100 | imagenet2012
+      data_dir='',         # tfds data_dir ('' = tfds default, ~/tensorflow_datasets)
+      manual_dir='',       # where original archives are ('' = <data_dir>/downloads/manual)
+      crop_pad=1,          # pad-and-random-crop padding (CIFAR: 4)
+      flip=False,          # random horizontal flips (not for digits)
+      image_size=224,      # ImageNet only
+  ))
+  c.train = ml_collections.ConfigDict(dict(
+      epochs=15,
+      batch_size=64,
+      eval_batch_size=360,
+      lr=0.1,
+      momentum=0.9,
+      weight_decay=5e-4,
+      schedule='multistep',  # multistep | cosine | constant
+      milestones=(8, 12),    # epochs at which the lr is multiplied by lr_decay
+      lr_decay=0.2,
+      eval_every_epochs=5,
+      log_every_steps=50,
+      checkpoint_every_epochs=1,
+      keep_checkpoints=2,
+  ))
+  return c

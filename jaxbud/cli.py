@@ -1,0 +1,53 @@
+"""What every launcher shares: flag parsing and user errors as one line with exit status 2."""
+import logging as std_logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+
+MULTIHOST = flags.DEFINE_bool(
+    'multihost', False, 'Call jax.distributed.initialize() first (TPU pods, multi-host GPU); '
+    'coordinator and process ids come from the environment.')
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops the INFO chatter of orbax and jax internals so the progress lines stay readable."""
+  NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}jax{os.sep}_src{os.sep}')
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or not any(
+        n in record.pathname for n in self.NOISY)
+
+
+def fail(message: str):
+  """Prints one line to stderr and exits with status 2 (a usage error)."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def run(main):
+  """app.run(main) where bad flags and ValueErrors raised by `main` become `fail(...)`."""
+
+  def guarded(argv):
+    if len(argv) > 1:
+      fail(f'unexpected arguments {argv[1:]}; everything is set with --flags')
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    if MULTIHOST.value:
+      jax.distributed.initialize()
+    try:
+      main(argv)
+    except ValueError as e:
+      fail(str(e))
+
+  app.run(guarded, flags_parser=_parse)

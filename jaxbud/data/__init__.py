@@ -1,0 +1,72 @@
+"""Datasets as uint8 NHWC images and int32 labels, loaded once and indexed by the training loop.
+
+`load(name, ...)` is the one entry point. Augmentation and normalisation happen on the
+accelerator inside the jitted step (see jaxbud.augment), so a dataset here is just arrays plus
+the per-channel statistics used to normalise them.
+"""
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A classification dataset held as arrays.
+
+  train_images / test_images: uint8 (N, H, W, C) arrays, or any object with `shape`, `__len__`
+  and numpy-style integer-array indexing returning such a batch (a lazy source for data that
+  does not fit in memory). Labels are int32 (N,). mean/std are per channel on the 0..255 scale.
+  """
+  name: str
+  train_images: object
+  train_labels: np.ndarray
+  test_images: object
+  test_labels: np.ndarray
+  num_classes: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train_images.shape[1:])
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel mean and std (0..255 scale) of a uint8 NHWC array."""
+  x = images.reshape(-1, images.shape[-1]).astype(np.float64)
+  return tuple(float(v) for v in x.mean(0)), tuple(float(v) for v in x.std(0))
+
+
+def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+  """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), no download.
+
+  Pixel values 0..16 are scaled to uint8 0..255 (x * 255 / 16, rounded). The split is a fixed
+  stratified one (sklearn's train_test_split, test_fraction=0.2, random_state=0): 1,437 train
+  and 360 test images.
+  """
+  from sklearn import datasets as skd  # pylint: disable=g-import-not-at-top
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  raw = skd.load_digits()
+  images = np.round(raw.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = raw.target.astype(np.int32)
+  tr_x, te_x, tr_y, te_y = model_selection.train_test_split(
+      images, labels, test_size=test_fraction, random_state=seed, stratify=labels)
+  mean, std = channel_stats(tr_x)
+  return Dataset('digits', tr_x, tr_y, te_x, te_y, 10, mean, std)
+
+
+NAMES = ('digits', 'cifar10', 'cifar100', 'imagenet2012')
+
+
+def load(name: str, data_dir: str | None = None, manual_dir: str | None = None,
+         image_size: int = 224) -> Dataset:
+  """Loads a dataset by name. CIFAR and ImageNet come through tfds (see jaxbud.data.tfds_data)."""
+  if name == 'digits':
+    return digits()
+  if name in ('cifar10', 'cifar100'):
+    from jaxbud.data import tfds_data  # pylint: disable=g-import-not-at-top
+    return tfds_data.cifar(name, data_dir=data_dir, manual_dir=manual_dir)
+  if name == 'imagenet2012':
+    from jaxbud.data import tfds_data  # pylint: disable=g-import-not-at-top
+    return tfds_data.imagenet(data_dir=data_dir, manual_dir=manual_dir, image_size=image_size)
+  raise ValueError(f'unknown dataset {name!r}; expected one of {list(NAMES)}')

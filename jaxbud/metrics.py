@@ -1,0 +1,78 @@
+"""Metrics as JSON lines and TensorBoard events in the workdir, and a progress line with ETA."""
+import json
+import os
+import time
+
+from absl import logging
+import jax
+
+
+class Writer:
+  """Appends {'step': s, **scalars} to workdir/metrics.jsonl and TensorBoard events (process 0)."""
+
+  def __init__(self, workdir, resume_step: int | None = None):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if self.enabled and resume_step is not None and os.path.exists(self.path):
+      # Lines after the restored step were written by the killed run; they will be rewritten.
+      with open(self.path) as f:
+        kept = [l for l in f if l.strip() and json.loads(l)['step'] <= resume_step]
+      with open(self.path, 'w') as f:
+        f.writelines(kept)
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, scalars: dict):
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'step': int(step), **scalars}) + '\n')
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, int(step))
+    self._tb.flush()
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read(workdir) -> list[dict]:
+  """The metrics.jsonl records of a run."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(l) for l in f if l.strip()]
+
+
+def format_seconds(s: float) -> str:
+  s = int(round(s))
+  return f'{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}'
+
+
+class Progress:
+  """Rate and ETA over `total` units of work, measured from the first call to `tick`."""
+
+  def __init__(self, total: int, start: int = 0, unit: str = 'step'):
+    self.total, self.unit = total, unit
+    self._t0, self._n0 = None, start
+
+  def tick(self, done: int) -> str:
+    now = time.perf_counter()
+    if self._t0 is None:
+      self._t0, self._n0 = now, done
+    rate = (done - self._n0) / max(now - self._t0, 1e-9)
+    eta = (self.total - done) / rate if rate > 0 else float('nan')
+    eta_s = format_seconds(eta) if eta == eta else '?'
+    return f'{self.unit} {done}/{self.total} ({100 * done / self.total:.0f}%), ' \
+           f'{rate:.2f} {self.unit}s/s, ETA {eta_s}'
+
+  def rate(self, done: int) -> float:
+    if self._t0 is None:
+      return 0.0
+    return (done - self._n0) / max(time.perf_counter() - self._t0, 1e-9)
+
+
+def log(msg: str):
+  if jax.process_index() == 0:
+    logging.info(msg)

@@ -1,0 +1,29 @@
+"""jaxbud: structured pruning research (Fisher pruning, reduced networks) in JAX."""
+import setuptools
+
+setuptools.setup(
+    name='jaxbud',
+    version='0.1.0',
+    description='JAX reference implementation of "Pruning neural networks: is it time to nip '
+                'it in the bud?" (Crowley et al.)',
+    packages=setuptools.find_packages(include=['jaxbud', 'jaxbud.*']),
+    python_requires='>=3.11',
+    install_requires=[
+        'jax>=0.10,<0.11',
+        'flax>=0.12,<0.13',
+        'optax>=0.2.5,<0.3',
+        'orbax-checkpoint>=0.11,<0.13',
+        'tensorflow-datasets>=4.9.8,<5',
+        'absl-py>=2.1',
+        'ml_collections>=1.0',
+        'numpy>=1.26',
+        'scikit-learn>=1.4',
+        'matplotlib>=3.8',
+        'tensorboardX>=2.6',
+    ],
+    extras_require={
+        # tfds' builders read the original CIFAR/ImageNet archives through TensorFlow.
+        'data': ['tensorflow-cpu>=2.16,<3', 'pillow>=10'],
+        'test': ['pytest>=8', 'tensorflow-cpu>=2.16,<3', 'pillow>=10'],
+    },
+)
