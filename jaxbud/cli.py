@@ -24,15 +24,17 @@ class _QuietLibraries(std_logging.Filter):
 
 def fail(message: str):
   """Prints one line to stderr and exits with status 2 (a usage error)."""
-  print(f'error: {message}', file=sys.stderr)
+  print(f'error: {" ".join(str(message).split())}', file=sys.stderr)
   sys.exit(2)
 
 
 def _parse(argv):
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except AttributeError as e:  # ml_collections: --config.<field> that the config lacks
+    fail(f'the config has no field {str(e).strip(chr(34))} (check the --config.* flags)')
+  except (flags.Error, KeyError, TypeError, ValueError) as e:
+    fail(f'bad flag: {e}')
 
 
 def run(main):
@@ -47,7 +49,7 @@ def run(main):
       jax.distributed.initialize()
     try:
       main(argv)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # OSError: unreadable config file, unwritable workdir
       fail(str(e))
 
   app.run(guarded, flags_parser=_parse)
