@@ -23,7 +23,8 @@ setuptools.setup(
     ],
     extras_require={
         # tfds' builders read the original CIFAR/ImageNet archives through TensorFlow.
-        'data': ['tensorflow-cpu>=2.16,<3', 'pillow>=10'],
-        'test': ['pytest>=8', 'tensorflow-cpu>=2.16,<3', 'pillow>=10'],
+        # (and tfds imports importlib_resources when preparing without declaring it).
+        'data': ['tensorflow-cpu>=2.16,<3', 'pillow>=10', 'importlib_resources'],
+        'test': ['pytest>=8', 'tensorflow-cpu>=2.16,<3', 'pillow>=10', 'importlib_resources'],
     },
 )

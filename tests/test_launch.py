@@ -70,3 +70,21 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
   straight = train.train_and_evaluate(c, str(tmp_path / 'straight'))
   assert resumed['test_loss'] == straight['test_loss']
   assert resumed['test_error'] == straight['test_error']
+
+
+def test_wrn_40_2_cifar10_config_starts_on_a_prepared_data_dir(tmp_path):
+  from jaxbud.data import tfds_data
+  from tests.test_data_tfds import write_cifar10_archive
+  fake = write_cifar10_archive(tmp_path / 'manual', num_train_per_file=4, num_test=6)
+  data_dir = tmp_path / 'tfds'
+  # The small archive is not the real one, so only this preparation skips the checksum.
+  tfds_data.cifar('cifar10', data_dir=str(data_dir), manual_dir=str(fake.path.parent),
+                  skip_checksums=True)
+  workdir = tmp_path / 'run'
+  r = launch('--config=configs/wrn_40_2_cifar10.py', f'--workdir={workdir}',
+             f'--config.data.data_dir={data_dir}', '--config.train.epochs=1',
+             '--config.train.batch_size=10', '--config.train.eval_batch_size=6')
+  assert r.returncode == 0, r.stderr[-3000:]
+  final = __import__('json').load(open(workdir / 'final.json'))
+  assert final['params'] == 2_243_546 and final['step'] == 2
+  assert 'wrn spec' in r.stderr and 'test error' in r.stderr

@@ -33,8 +33,14 @@ class Dataset:
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """Per-channel mean and std (0..255 scale) of a uint8 NHWC array."""
-  x = images.reshape(-1, images.shape[-1]).astype(np.float64)
-  return tuple(float(v) for v in x.mean(0)), tuple(float(v) for v in x.std(0))
+  c = images.shape[-1]
+  total, sq, count = np.zeros(c), np.zeros(c), 0
+  for start in range(0, len(images), 4096):  # chunks: no float copy of the whole set
+    x = images[start:start + 4096].reshape(-1, c).astype(np.float64)
+    total, sq, count = total + x.sum(0), sq + np.square(x).sum(0), count + len(x)
+  mean = total / count
+  std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
+  return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
