@@ -1,4 +1,4 @@
-"""The embedded default: WRN-16-2 on scikit-learn's 8x8 digits, about a minute on 2 CPU cores.
+"""The embedded default: WRN-16-1 on scikit-learn's 8x8 digits, about a minute on 2 CPU cores.
 
   python -m launch.train --config=configs/default.py --workdir=/tmp/jaxbud/default
 """
@@ -12,7 +12,7 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       family='wrn',        # wrn | densenet_bc | resnet
       depth=16,
-      widen=2.0,           # WRN width k (fractional allowed)
+      widen=1.0,           # WRN width k (fractional allowed)
       growth=12,           # DenseNet-BC growth rate k
       bottleneck_scale=1.0,  # uniform multiplier Z on every prunable width: int(w * Z)
       spec_file='',        # a spec JSON (e.g. a pruned snapshot) overrides the family fields

@@ -53,8 +53,8 @@ class Checkpoints:
     self.manager.close()
 
 
-def abstract(tree):
-  """ShapeDtypeStructs (keeping shardings) of a concrete or abstract pytree."""
+def abstract(tree, sharding=None):
+  """ShapeDtypeStructs of a concrete or abstract pytree, with `sharding` or the leaves' own."""
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
-      tree)
+      lambda x: jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=sharding or getattr(x, 'sharding', None)), tree)

@@ -90,27 +90,50 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def make_train_step(model, tx, ds: data_lib.Dataset, *, seed: int, crop_pad: int, flip: bool):
-  """The pure step: augment + normalise on device, forward/backward in train mode, SGD update."""
+def make_preprocess(ds: data_lib.Dataset, *, seed: int, crop_pad: int, flip: bool, dtype):
+  """(step, uint8 images) -> augmented, normalised inputs; the key is fold_in(seed, step)."""
   base_key = jax.random.key(seed)
 
-  def train_step(state: TrainState, batch):
-    key = jax.random.fold_in(base_key, state.step)
-    x = augment.random_crop_flip(key, batch['image'], crop_pad, flip)
-    x = augment.normalize(x, ds.mean, ds.std, model.dtype)
+  def preprocess(step, images):
+    x = augment.random_crop_flip(jax.random.fold_in(base_key, step), images, crop_pad, flip)
+    return augment.normalize(x, ds.mean, ds.std, dtype)
 
-    def loss_fn(params):
+  return preprocess
+
+
+def make_update(model, tx):
+  """(state, x, labels, gates) -> (state, metrics, gate grads): one SGD step in train mode.
+
+  With `gates` (a dict of (N, C) arrays, see jaxbud.models) the gradient with respect to them
+  comes out of the same backward pass; it is the per-example g_nc that Fisher pruning needs.
+  """
+
+  def update(state: TrainState, x, labels, gates=None):
+
+    def loss_fn(params, gates):
       logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, x,
-                                    train=True, mutable=['batch_stats'])
-      return cross_entropy(logits, batch['label']).mean(), (logits, updates['batch_stats'])
+                                    train=True, gates=gates, mutable=['batch_stats'])
+      return cross_entropy(logits, labels).mean(), (logits, updates['batch_stats'])
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, (logits, batch_stats)), (grads, gate_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(state.params, gates)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    acc = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    acc = jnp.mean(jnp.argmax(logits, -1) == labels)
     return (TrainState(state.step + 1, params, batch_stats, opt_state),
-            {'train_loss': loss, 'train_accuracy': acc})
+            {'train_loss': loss, 'train_accuracy': acc}, gate_grads)
+
+  return update
+
+
+def make_train_step(model, tx, ds: data_lib.Dataset, *, seed: int, crop_pad: int, flip: bool):
+  """The pure step: augment + normalise on device, forward/backward in train mode, SGD update."""
+  preprocess = make_preprocess(ds, seed=seed, crop_pad=crop_pad, flip=flip, dtype=model.dtype)
+  update = make_update(model, tx)
+
+  def train_step(state: TrainState, batch):
+    state, metrics, _ = update(state, preprocess(state.step, batch['image']), batch['label'])
+    return state, metrics
 
   return train_step
 
@@ -154,6 +177,18 @@ def _local_rows(batch: dict) -> dict:
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batches(ds: data_lib.Dataset, seed: int, batch_size: int, start: int, stop: int, mesh):
+  """Yields (step, global batch) for steps start..stop-1; epoch e is a (seed, e) permutation."""
+  spe = len(ds.train_labels) // batch_size
+  for step in range(start, stop):
+    epoch, i = divmod(step, spe)
+    if i == 0 or step == start:
+      order = epoch_order(seed, epoch, len(ds.train_labels))
+    idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
+    batch = {'image': ds.train_images[idx], 'label': ds.train_labels[idx]}
+    yield step, parallel.put_batch(mesh, _local_rows(batch))
 
 
 @dataclasses.dataclass
@@ -234,13 +269,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
                   f'{spe} steps/epoch, {total} steps')
   pending, last = [], {}
   t_start = time.perf_counter()
-  for step in range(start, total):
-    epoch, i = divmod(step, spe)
-    if i == 0 or step == start:
-      order = epoch_order(config.seed, epoch, len(ds.train_labels))
-    idx = np.sort(order[i * tcfg.batch_size:(i + 1) * tcfg.batch_size])
-    batch = {'image': ds.train_images[idx], 'label': ds.train_labels[idx]}
-    state, m = train_step(state, parallel.put_batch(mesh, _local_rows(batch)))
+  for step, batch in batches(ds, config.seed, tcfg.batch_size, start, total, mesh):
+    state, m = train_step(state, batch)
     pending.append(m)
     done = step + 1
     if done % tcfg.log_every_steps == 0 or done % spe == 0 or done == total:

@@ -1,0 +1,128 @@
+"""Saliency criteria: named functions from a `Context` to per-channel scores (lowest goes first).
+
+A criterion maps every prunable layer name of the spec to a (C,) array over that layer's current
+channels. Research code adds its own with the same signature:
+
+    @criteria.register('my_criterion')
+    def my_criterion(ctx: criteria.Context):
+      return {name: ... for name in ctx.spec.prunable_names}
+
+and selects it with `--config.prune.criterion=my_criterion`. Criteria registered with
+`needs_fisher=True` get `ctx.fisher`, the Fisher saliency accumulated since the last removal.
+"""
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxbud import spec as spec_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What a criterion may look at when it scores channels.
+
+  spec: the current width spec; params: its parameters (nested dict, see jaxbud.models);
+  fisher: {name: (C,)} accumulated Fisher saliency (None unless the criterion needs it);
+  key: a PRNG key for this round; options: the prune config section (criterion hyperparameters
+  such as `beta` live there); image_size / num_classes: for cost terms.
+  """
+  spec: spec_lib.Spec
+  params: dict
+  fisher: dict | None
+  key: jax.Array
+  options: object = None
+  image_size: int = 32
+  num_classes: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Criterion:
+  name: str
+  fn: Callable[[Context], dict]
+  needs_fisher: bool = False
+
+
+_REGISTRY: dict[str, Criterion] = {}
+
+
+def register(name: str, needs_fisher: bool = False):
+  """Decorator adding `fn(ctx) -> {layer name: (C,) scores}` to the registry under `name`."""
+
+  def deco(fn):
+    _REGISTRY[name] = Criterion(name, fn, needs_fisher)
+    return fn
+
+  return deco
+
+
+def get(name: str) -> Criterion:
+  if name not in _REGISTRY:
+    raise ValueError(f'unknown prune criterion {name!r}; expected one of {names()}')
+  return _REGISTRY[name]
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def producer_kernel(params, name):
+  """The kernel (kh, kw, cin, C) of the conv whose C output channels `name` denotes."""
+  block, conv = name.split('/')
+  return params[block][conv]['kernel']
+
+
+@register('fisher', needs_fisher=True)
+def fisher(ctx: Context):
+  """Theis et al.: 0.5 * mean_n g_nc^2 accumulated over the steps since the last removal."""
+  return dict(ctx.fisher)
+
+
+def macs_saved(spec: spec_lib.Spec, image_size: int, num_classes: int) -> dict:
+  """MACs removed by pruning one channel of each prunable layer (0 where the layer is empty)."""
+  base = spec_lib.count_macs(spec, image_size, num_classes)
+  widths, out = list(spec.prunable), {}
+  for i, name in enumerate(spec.prunable_names):
+    if widths[i] == 0:
+      out[name] = 0.0
+      continue
+    fewer = widths[:i] + [widths[i] - 1] + widths[i + 1:]
+    out[name] = float(base - spec_lib.count_macs(spec.with_prunable(fewer), image_size,
+                                                 num_classes))
+  return out
+
+
+@register('fisher_cost', needs_fisher=True)
+def fisher_cost(ctx: Context):
+  """Theis et al.'s cost-aware signal Delta_c + beta * Delta-cost_c, Delta-cost = -MACs saved.
+
+  Channels that save more compute look cheaper to remove. `beta` (prune.beta) trades Fisher
+  units for MACs; with the mean-reduced loss Fisher scores are small (1e-8 .. 1e-4), so useful
+  betas are small too (e.g. 1e-12 for CIFAR WRNs).
+  """
+  beta = float(getattr(ctx.options, 'beta', 0.0) or 0.0)
+  saved = macs_saved(ctx.spec, ctx.image_size, ctx.num_classes)
+  return {n: f - beta * saved[n] for n, f in ctx.fisher.items()}
+
+
+@register('l1')
+def l1(ctx: Context):
+  """Li et al.: the L1 norm (sum of absolute values) of each output filter of the producer conv."""
+  return {n: jnp.sum(jnp.abs(producer_kernel(ctx.params, n)), axis=(0, 1, 2))
+          if w else jnp.zeros((0,)) for n, w in zip(ctx.spec.prunable_names, ctx.spec.prunable)}
+
+
+@register('l1_signed')
+def l1_signed(ctx: Context):
+  """The authors' code's 'L1': the signed sum of each filter's weights (no absolute value)."""
+  return {n: jnp.sum(producer_kernel(ctx.params, n), axis=(0, 1, 2))
+          if w else jnp.zeros((0,)) for n, w in zip(ctx.spec.prunable_names, ctx.spec.prunable)}
+
+
+@register('random')
+def random(ctx: Context):
+  """Uniform random scores: a channel chosen uniformly among the live ones."""
+  keys = jax.random.split(ctx.key, len(ctx.spec.prunable))
+  return {n: jax.random.uniform(k, (w,))
+          for n, w, k in zip(ctx.spec.prunable_names, ctx.spec.prunable, keys)}

@@ -1,0 +1,159 @@
+"""Structured pruning as plain functions: scores -> smaller spec -> sliced parameters.
+
+- `select(spec, scores, n)` picks the n globally least salient live channels and returns the
+  smaller spec with, per prunable layer, the indices of the channels kept.
+- `shrink(tree, spec, keep)` slices every tensor coupled to those channels in any pytree laid out
+  like the params (params, batch stats, optimizer slots such as momentum): the producing conv's
+  output axis, its BN entries, the consuming conv's input axis. Layers left with no channel lose
+  those modules entirely, as a model built from the smaller spec has none.
+- `make_prune_step` is the training step of a prune-and-tune run: the ordinary SGD update on the
+  masked network, with the Fisher saliency of every channel accumulated from the gradient with
+  respect to per-example channel gates, in the same backward pass.
+
+Because a channel's gate sits after its BN and ReLU, a masked channel contributes exactly zero,
+so the compacted network computes what the masked one does.
+"""
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbud import spec as spec_lib
+from jaxbud import train as train_lib
+
+
+def coupled_modules(spec: spec_lib.Spec, name: str):
+  """(producer conv, its BN, consumer conv) module paths of prunable layer `name`."""
+  block, conv = name.split('/')
+  k = int(conv[len('conv'):])
+  # Pre-activation nets (WRN, DenseNet-BC) normalise conv_k's output in bn_{k+1}.
+  bn = f'bn{k + 1}' if spec.family in ('wrn', 'densenet_bc') else f'bn{k}'
+  return (block, conv), (block, bn), (block, f'conv{k + 1}')
+
+
+def rank(spec: spec_lib.Spec, scores: dict, alive: dict | None = None):
+  """Live channels as (name, channel, score), least salient first.
+
+  scores: {name: (C,)} over the spec's current channels; alive: optional {name: (C,) bool}
+  marking channels not yet removed (default all). Ties go to the earlier layer, then the lower
+  channel index, so the order is deterministic.
+  """
+  rows = []
+  for li, (name, w) in enumerate(zip(spec.prunable_names, spec.prunable)):
+    s = np.asarray(scores[name], np.float64).reshape(-1)
+    if s.shape != (w,):
+      raise ValueError(f'scores[{name!r}] has shape {s.shape}, expected ({w},)')
+    live = np.ones(w, bool) if alive is None else np.asarray(alive[name], bool)
+    rows += [(s[c], li, int(c), name) for c in np.flatnonzero(live)]
+  rows.sort(key=lambda r: r[:3])
+  return [(name, c, float(s)) for s, _, c, name in rows]
+
+
+def select(spec: spec_lib.Spec, scores: dict, n: int, alive: dict | None = None):
+  """Removes the n live channels with the globally smallest scores (see `rank`).
+
+  Returns (smaller spec, {name: sorted int32 indices of the channels kept}).
+  """
+  ranked = rank(spec, scores, alive)
+  if not 0 <= n <= len(ranked):
+    raise ValueError(f'cannot prune {n} channels: {len(ranked)} live prunable channels are left')
+  removed = {(name, c) for name, c, _ in ranked[:n]}
+  keep = {}
+  for name, w in zip(spec.prunable_names, spec.prunable):
+    live = np.ones(w, bool) if alive is None else np.asarray(alive[name], bool)
+    keep[name] = np.array([c for c in range(w) if live[c] and (name, c) not in removed],
+                          np.int32)
+  return spec.with_prunable(len(keep[n_]) for n_ in spec.prunable_names), keep
+
+
+def slicing_plan(spec: spec_lib.Spec, keep: dict) -> dict:
+  """{module path: (kernel axis, indices)} for every tensor coupled to a prunable layer."""
+  plan = {}
+  for name in spec.prunable_names:
+    idx = np.asarray(keep[name], np.int32)
+    producer, bn, consumer = coupled_modules(spec, name)
+    plan[producer], plan[bn], plan[consumer] = (-1, idx), (0, idx), (2, idx)
+  return plan
+
+
+_DROP = object()
+
+
+def shrink(tree, spec: spec_lib.Spec, keep: dict):
+  """Slices the coupled tensors of every pytree laid out like params (or nesting such trees).
+
+  Works on params, batch_stats and optax states alike, since their leaves sit under the same
+  module paths. Modules of layers with no channel kept are removed.
+  """
+  plan = slicing_plan(spec, keep)
+  emptied = {m for m, (_, idx) in plan.items() if len(idx) == 0}
+
+  def walk(node, path):
+    if isinstance(node, dict):
+      out = {}
+      for k, v in node.items():
+        v2 = walk(v, path + (k,))
+        if v2 is not _DROP:
+          out[k] = v2
+      return _DROP if node and not out else out
+    if isinstance(node, tuple) and hasattr(node, '_fields'):  # optax states
+      return type(node)(*(walk(v, path) for v in node))
+    if isinstance(node, (tuple, list)):
+      return type(node)(walk(v, path) for v in node)
+    module = path[-3:-1] if len(path) >= 3 else None
+    if module in emptied:
+      return _DROP
+    if module in plan and hasattr(node, 'ndim') and node.ndim:
+      axis, idx = plan[module]
+      axis = axis if node.ndim == 4 else 0  # BN vectors and their slots are 1-D
+      return jnp.take(node, jnp.asarray(idx), axis=axis)
+    return node
+
+  out = walk(tree, ())
+  return {} if out is _DROP else out
+
+
+def shrink_state(state: train_lib.TrainState, spec: spec_lib.Spec, keep: dict):
+  """A TrainState whose params, batch stats and optimizer slots are sliced to `keep`."""
+  return state.replace(params=shrink(state.params, spec, keep),
+                       batch_stats=shrink(state.batch_stats, spec, keep),
+                       opt_state=shrink(state.opt_state, spec, keep))
+
+
+class PruneState(flax.struct.PyTreeNode):
+  """A fine-tuning state plus, per prunable layer, the live mask and accumulated saliency."""
+  train: train_lib.TrainState
+  mask: dict      # {name: (C,) float32}, 1 for live channels
+  saliency: dict  # {name: (C,) float32}, Fisher saliency summed since the last removal
+
+
+def init_prune_state(state: train_lib.TrainState, spec: spec_lib.Spec) -> PruneState:
+  ones = {n: jnp.ones((w,), jnp.float32) for n, w in zip(spec.prunable_names, spec.prunable)}
+  return PruneState(state, ones, jax.tree.map(jnp.zeros_like, ones))
+
+
+def fisher_saliency(gate_grads: dict) -> dict:
+  """0.5 * mean over examples of g_nc^2 for per-example gate gradients g of shape (N, C)."""
+  return {n: 0.5 * jnp.mean(jnp.square(g.astype(jnp.float32)), axis=0)
+          for n, g in gate_grads.items()}
+
+
+def make_prune_step(model, tx, ds, *, seed: int, crop_pad: int, flip: bool,
+                    fisher: bool = True):
+  """(PruneState, batch) -> (PruneState, metrics): SGD on the masked net, Fisher accumulated."""
+  preprocess = train_lib.make_preprocess(ds, seed=seed, crop_pad=crop_pad, flip=flip,
+                                         dtype=model.dtype)
+  update = train_lib.make_update(model, tx)
+
+  def prune_step(ps: PruneState, batch):
+    n = batch['label'].shape[0]
+    # Per-example gates of ones on live channels: the gradient wrt gate (n, c) is g_nc.
+    gates = {k: jnp.broadcast_to(m, (n, m.shape[0])) for k, m in ps.mask.items()}
+    x = preprocess(ps.train.step, batch['image'])
+    state, metrics, gate_grads = update(ps.train, x, batch['label'], gates)
+    saliency = ps.saliency
+    if fisher:
+      saliency = jax.tree.map(jnp.add, saliency, fisher_saliency(gate_grads))
+    return PruneState(state, ps.mask, saliency), metrics
+
+  return prune_step

@@ -1,0 +1,251 @@
+"""Prune-and-tune runs: fine-tune a trained network, removing one channel every `prune_every` steps.
+
+The network keeps fixed shapes between compactions: removed channels are masked by their gates
+(exactly zero, see jaxbud.prune), so the jitted step is reused. Once `compact_every` channels are
+masked, or a snapshot is due, the state is compacted (params, batch stats and momentum sliced)
+and the step is compiled once for the smaller shapes. Snapshots at the configured parameter
+budgets hold the compacted network, its spec, the prune history and its test error.
+
+Layout of a run's workdir:
+  checkpoints/            the run's own state (resume point), with the current spec
+  snapshots/<params>/     spec.json, result.json, history.json, checkpoint/
+  history.json            every removal: round, step, layer, original channel index, score
+  summary.json            snapshots, compilations, timings
+"""
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxbud import checkpoint as ckpt_lib
+from jaxbud import criteria
+from jaxbud import metrics as metrics_lib
+from jaxbud import models
+from jaxbud import parallel
+from jaxbud import prune
+from jaxbud import spec as spec_lib
+from jaxbud import train as train_lib
+
+
+def finetune_optimizer(pcfg):
+  """One SGD optimizer for the whole run (momentum persists across removals), constant lr."""
+  return train_lib.make_optimizer(ml_collections.ConfigDict(dict(
+      schedule='constant', lr=pcfg.lr, momentum=pcfg.momentum,
+      weight_decay=pcfg.weight_decay)), steps_per_epoch=1)
+
+
+def _validate(config, base_spec, num_classes):
+  pcfg = config.prune
+  criteria.get(pcfg.criterion)
+  for field in ('prune_every', 'rounds', 'compact_every', 'batch_size', 'checkpoint_every_rounds'):
+    if pcfg[field] < 1:
+      raise ValueError(f'prune.{field} must be >= 1, got {pcfg[field]}')
+  parallel.check_batch(pcfg.batch_size, 'prune.batch_size')
+  base = spec_lib.count_params(base_spec, num_classes)
+  floor = spec_lib.count_params(base_spec.with_prunable([0] * len(base_spec.prunable)),
+                                num_classes)
+  for b in pcfg.budgets:
+    if not floor <= b < base:
+      raise ValueError(f'prune.budgets entry {b} must lie in [{floor}, {base}): the base network '
+                       f'has {base} params and {floor} remain with every prunable channel gone')
+
+
+def _mask_spec(spec, mask):
+  return spec.with_prunable(int(np.sum(np.asarray(mask[n]))) for n in spec.prunable_names)
+
+
+class _Run:
+  """Mutable bookkeeping of one prune run around the pure state and step functions."""
+
+  def __init__(self, config, workdir, run: train_lib.Run):
+    self.config, self.pcfg, self.workdir, self.run = config, config.prune, workdir, run
+    self.ds = run.dataset
+    self.mesh = parallel.make_mesh()
+    self.tx = finetune_optimizer(self.pcfg)
+    self.criterion = criteria.get(self.pcfg.criterion)
+    self.compilations = 0
+
+  def model(self, spec):
+    return models.build(spec, self.ds.num_classes, self.config.model.dtype)
+
+  def compile(self, spec):
+    """Jitted prune and eval steps for `spec`; compiled on first call, once per compaction."""
+    self.compilations += 1
+    model = self.model(spec)
+    step = prune.make_prune_step(model, self.tx, self.ds, seed=self.config.seed,
+                                 crop_pad=self.config.data.crop_pad, flip=self.config.data.flip,
+                                 fisher=self.criterion.needs_fisher)
+    return (jax.jit(step, donate_argnums=0),
+            jax.jit(train_lib.make_eval_step(model, self.ds)))
+
+  def template(self, spec):
+    model = self.model(spec)
+    state = jax.eval_shape(lambda k: train_lib.create_state(model, self.tx, k,
+                                                            self.ds.image_shape),
+                           jax.random.key(0))
+    return jax.eval_shape(lambda s: prune.init_prune_state(s, spec), state)
+
+  def evaluate(self, eval_step, ps):
+    return train_lib.evaluate(eval_step, ps.train, self.ds.test_images, self.ds.test_labels,
+                              self.config.train.eval_batch_size, self.mesh)
+
+
+def _compact(ps: prune.PruneState, spec, orig):
+  """Slices away masked channels; returns (state, spec, orig index map) for the smaller net."""
+  keep = {n: np.flatnonzero(np.asarray(ps.mask[n]) > 0).astype(np.int32)
+          for n in spec.prunable_names}
+  new_spec = spec.with_prunable(len(keep[n]) for n in spec.prunable_names)
+  train_state = prune.shrink_state(ps.train, spec, keep)
+  mask = {n: jnp.ones((len(keep[n]),), jnp.float32) for n in spec.prunable_names}
+  saliency = {n: jnp.take(ps.saliency[n], jnp.asarray(keep[n])) for n in spec.prunable_names}
+  orig = {n: [orig[n][i] for i in keep[n]] for n in spec.prunable_names}
+  return prune.PruneState(train_state, mask, saliency), new_spec, orig
+
+
+def load_base(config, r: _Run):
+  """The trained base network (spec and TrainState with a fresh fine-tune optimizer)."""
+  base_dir = config.prune.base_workdir
+  ckpt_dir = os.path.join(base_dir, 'checkpoints')
+  ckpts = ckpt_lib.Checkpoints(ckpt_dir) if base_dir and os.path.isdir(ckpt_dir) else None
+  if ckpts is None or ckpts.latest_step() is None:
+    raise ValueError(f'no trained checkpoint in prune.base_workdir={base_dir!r}; train the base '
+                     'network first (python -m launch.train --config=... --workdir=DIR) and '
+                     'point --config.prune.base_workdir at DIR')
+  spec = ckpts.restore_spec()
+  model = r.model(spec)
+  base_tx = train_lib.make_optimizer(config.train, r.run.steps_per_epoch)
+  template = jax.eval_shape(lambda k: train_lib.create_state(model, base_tx, k,
+                                                             r.ds.image_shape),
+                            jax.random.key(0))
+  state, _ = ckpts.restore(ckpt_lib.abstract(template, parallel.replicated(r.mesh)))
+  ckpts.close()
+  state = train_lib.TrainState(jnp.zeros((), jnp.int32), state.params, state.batch_stats,
+                               r.tx.init(state.params))
+  return spec, state
+
+
+def prune_and_tune(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) the prune-and-tune run of `config` in `workdir`; returns its summary."""
+  pcfg = config.prune
+  criteria.get(pcfg.criterion)
+  run = train_lib.setup(config)
+  r = _Run(config, workdir, run)
+  base_spec, state = load_base(config, r)
+  _validate(config, base_spec, r.ds.num_classes)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json(indent=2))
+
+  ckpts = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'), keep=2)
+  if ckpts.latest_step() is not None:
+    spec = ckpts.restore_spec()
+    ps, meta = ckpts.restore(ckpt_lib.abstract(r.template(spec), parallel.replicated(r.mesh)))
+    history, snapshots, orig = meta['history'], meta['snapshots'], meta['orig']
+    start_round = meta['round']
+    metrics_lib.log(f'resumed prune run at round {start_round} ({len(history)} removed)')
+  else:
+    spec, ps = base_spec, prune.init_prune_state(state, base_spec)
+    history, snapshots, start_round = [], [], 0
+    orig = {n: list(range(w)) for n, w in zip(spec.prunable_names, spec.prunable)}
+  writer = metrics_lib.Writer(workdir, resume_step=start_round * pcfg.prune_every
+                              if start_round else None)
+  nc, size = r.ds.num_classes, r.ds.image_shape[0]
+  budgets = sorted((b for b in pcfg.budgets if b not in {s['budget'] for s in snapshots}),
+                   reverse=True)
+  base_params = spec_lib.count_params(base_spec, nc)
+  metrics_lib.log(f'pruning {base_spec.family} ({base_params:,} params) with '
+                  f'{pcfg.criterion}: {pcfg.rounds} rounds of {pcfg.prune_every} steps, '
+                  f'budgets {tuple(pcfg.budgets)}')
+
+  step_fn, eval_fn = r.compile(spec)
+  progress = metrics_lib.Progress(pcfg.rounds, start_round, unit='round')
+  key = jax.random.key(config.seed + 1)
+  t0, pending = time.perf_counter(), []
+  rnd = start_round
+  for rnd in range(start_round, pcfg.rounds):
+    first = rnd * pcfg.prune_every
+    for _, batch in train_lib.batches(r.ds, config.seed, pcfg.batch_size, first,
+                                      first + pcfg.prune_every, r.mesh):
+      ps, m = step_fn(ps, batch)
+      pending.append(m)
+    alive = {n: np.asarray(ps.mask[n]) > 0 for n in spec.prunable_names}
+    ctx = criteria.Context(spec, ps.train.params,
+                           jax.device_get(ps.saliency) if r.criterion.needs_fisher else None,
+                           jax.random.fold_in(key, rnd), pcfg, size, nc)
+    ranked = prune.rank(spec, r.criterion.fn(ctx), alive)
+    if not ranked:
+      metrics_lib.log(f'round {rnd}: no prunable channel left, stopping')
+      break
+    name, c, score = ranked[0]
+    mask = dict(ps.mask)
+    mask[name] = mask[name].at[c].set(0.0)
+    ps = ps.replace(mask=mask, saliency=jax.tree.map(jnp.zeros_like, ps.saliency))
+    live_spec = _mask_spec(spec, mask)
+    live_params = spec_lib.count_params(live_spec, nc)
+    history.append({'round': rnd, 'step': first + pcfg.prune_every, 'layer': name,
+                    'channel': int(orig[name][c]), 'score': score, 'params': live_params})
+    dead = sum(int(np.sum(~alive[n])) for n in spec.prunable_names) + 1
+    due = [b for b in budgets if live_params <= b]
+    if due or dead >= pcfg.compact_every:
+      ps, spec, orig = _compact(ps, spec, orig)
+      step_fn, eval_fn = r.compile(spec)
+    for b in due:
+      snapshots.append(_snapshot(r, ps, spec, history, b, eval_fn))
+      budgets.remove(b)
+    done = rnd + 1
+    if done % pcfg.log_every_rounds == 0 or done == pcfg.rounds:
+      means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
+      pending = []
+      writer.write(done * pcfg.prune_every, {**means, 'params': live_params, 'round': done})
+      metrics_lib.log(f'{progress.tick(done)}  params {live_params:,}  '
+                      f'loss {means["train_loss"]:.4f}  '
+                      f'last removed {name}[{history[-1]["channel"]}]')
+    if done % pcfg.checkpoint_every_rounds == 0 or done == pcfg.rounds:
+      ckpts.save(done, ps, spec, {'round': done, 'history': history, 'snapshots': snapshots,
+                                  'orig': orig})
+    if not budgets and pcfg.stop_after_last_budget:
+      metrics_lib.log('all budgets reached, stopping')
+      break
+  ckpts.wait()
+  ckpts.close()
+  writer.close()
+  summary = {'criterion': pcfg.criterion, 'base_params': base_params,
+             'removed': len(history), 'compilations': r.compilations,
+             'seconds': time.perf_counter() - t0, 'snapshots': snapshots}
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, 'history.json'), history)
+    _write_json(os.path.join(workdir, 'summary.json'), summary)
+  return summary
+
+
+def _write_json(path, obj):
+  with open(path, 'w') as f:
+    json.dump(obj, f, indent=1)
+
+
+def _snapshot(r: _Run, ps, spec, history, budget, eval_fn) -> dict:
+  """Writes the compacted network at `budget` with its spec, history and test error."""
+  nc = r.ds.num_classes
+  result = {'budget': budget, 'params': spec_lib.count_params(spec, nc),
+            'macs': spec_lib.count_macs(spec, r.ds.image_shape[0], nc),
+            'round': history[-1]['round'] + 1, 'step': history[-1]['step'],
+            'removed': len(history), **r.evaluate(eval_fn, ps)}
+  d = os.path.join(r.workdir, 'snapshots', str(budget))
+  result['dir'] = d
+  if jax.process_index() == 0:
+    os.makedirs(d, exist_ok=True)
+    spec_lib.save(spec, os.path.join(d, 'spec.json'))
+    _write_json(os.path.join(d, 'history.json'), history)
+    _write_json(os.path.join(d, 'result.json'), result)
+  ck = ckpt_lib.Checkpoints(os.path.join(d, 'checkpoint'), keep=1)
+  ck.save(result['step'], ps.train, spec, {'budget': budget})
+  ck.wait()
+  ck.close()
+  metrics_lib.log(f'snapshot at budget {budget:,}: {result["params"]:,} params, '
+                  f'test error {result["test_error"]:.4f} -> {d}')
+  return result
