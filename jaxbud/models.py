@@ -49,6 +49,14 @@ def apply_gate(x, gates, name):
   return x * g.astype(x.dtype)
 
 
+def check_gates(spec, gates):
+  """Gate names must be prunable layers of `spec`: a typo would otherwise silently do nothing."""
+  unknown = sorted(set(gates or {}) - set(spec.prunable_names))
+  if unknown:
+    raise ValueError(f'unknown gate name(s) {unknown}; gates are keyed by spec.prunable_names, '
+                     f'e.g. {spec.prunable_names[0]!r}')
+
+
 def _head(x, num_classes, dtype):
   x = jnp.mean(x, axis=(1, 2))
   return nn.Dense(num_classes, bias_init=nn.initializers.zeros, dtype=dtype, name='head')(x)
@@ -76,6 +84,7 @@ class WRN(ConvBNConfig):
 
   @nn.compact
   def __call__(self, x, train=False, gates=None):
+    check_gates(self.spec, gates)
     x = self.conv(x.astype(self.dtype), self.spec.stem, 3, name='stem')
     for name, _, inner, out, stride in self.spec.blocks():
       x = WRNBlock(self.dtype, inner, out, stride, name=name)(x, train, gates)
@@ -111,6 +120,7 @@ class DenseNetBC(ConvBNConfig):
 
   @nn.compact
   def __call__(self, x, train=False, gates=None):
+    check_gates(self.spec, gates)
     x = self.conv(x.astype(self.dtype), self.spec.stem, 3, name='stem')
     for kind, name, *rest in self.spec.layers():
       if kind == 'layer':
@@ -149,6 +159,7 @@ class ResNet(ConvBNConfig):
 
   @nn.compact
   def __call__(self, x, train=False, gates=None):
+    check_gates(self.spec, gates)
     x = self.conv(x.astype(self.dtype), self.spec.stem, 7, 2, name='stem')
     x = nn.relu(self.bn(x, train, name='stem_bn'))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

@@ -67,12 +67,17 @@ def select(spec: spec_lib.Spec, scores: dict, n: int, alive: dict | None = None)
 
 
 def slicing_plan(spec: spec_lib.Spec, keep: dict) -> dict:
-  """{module path: (kernel axis, indices)} for every tensor coupled to a prunable layer."""
+  """{module path: [(kernel axis, indices), ...]} for every tensor coupled to a prunable layer.
+
+  A module may appear twice: a bottleneck's middle conv consumes one prunable layer (input axis)
+  and produces the next (output axis).
+  """
   plan = {}
   for name in spec.prunable_names:
     idx = np.asarray(keep[name], np.int32)
     producer, bn, consumer = coupled_modules(spec, name)
-    plan[producer], plan[bn], plan[consumer] = (-1, idx), (0, idx), (2, idx)
+    for module, axis in ((producer, -1), (bn, 0), (consumer, 2)):
+      plan.setdefault(module, []).append((axis, idx))
   return plan
 
 
@@ -86,7 +91,8 @@ def shrink(tree, spec: spec_lib.Spec, keep: dict):
   module paths. Modules of layers with no channel kept are removed.
   """
   plan = slicing_plan(spec, keep)
-  emptied = {m for m, (_, idx) in plan.items() if len(idx) == 0}
+  # A conv with no input or no output channel, or a BN with no channel, has no parameters.
+  emptied = {m for m, slices in plan.items() if any(len(idx) == 0 for _, idx in slices)}
 
   def walk(node, path):
     if isinstance(node, dict):
@@ -104,9 +110,9 @@ def shrink(tree, spec: spec_lib.Spec, keep: dict):
     if module in emptied:
       return _DROP
     if module in plan and hasattr(node, 'ndim') and node.ndim:
-      axis, idx = plan[module]
-      axis = axis if node.ndim == 4 else 0  # BN vectors and their slots are 1-D
-      return jnp.take(node, jnp.asarray(idx), axis=axis)
+      for axis, idx in plan[module]:
+        axis = axis if node.ndim == 4 else 0  # BN vectors and their slots are 1-D
+        node = jnp.take(node, jnp.asarray(idx), axis=axis)
     return node
 
   out = walk(tree, ())
