@@ -5,10 +5,12 @@ Each step directory holds `state` (the train state pytree), `spec` (the width sp
 checkpoint of a pruned (smaller) network is restored by reading its spec first, building the
 matching abstract state, then restoring into it: nobody needs to know its shapes in advance.
 """
+import math
 import os
 
 from etils import epath
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from jaxbud import spec as spec_lib
@@ -30,7 +32,7 @@ class Checkpoints:
 
   def save(self, step: int, state, spec: spec_lib.Spec, meta: dict | None = None):
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        state=ocp.args.StandardSave(_flatten(state)),
         spec=ocp.args.JsonSave(spec_lib.to_dict(spec)),
         meta=ocp.args.JsonSave(meta or {})))
 
@@ -43,14 +45,31 @@ class Checkpoints:
     """(state, meta) at `step` (default latest), laid out like `abstract_state`."""
     step = self.latest_step() if step is None else step
     out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return out['state'], out['meta']
+        state=ocp.args.StandardRestore(_flatten(abstract_state)), meta=ocp.args.JsonRestore()))
+    return _unflatten(out['state'], abstract_state), out['meta']
 
   def wait(self):
     self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()
+
+
+def _key(path) -> str:
+  parts = (getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))) for k in path)
+  return '.'.join(str(p).replace('/', '|') for p in parts)
+
+
+def _flatten(tree) -> dict:
+  """{path: leaf} without zero-size leaves (layers pruned to nothing), which Orbax refuses."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {_key(p): x for p, x in leaves if math.prod(x.shape)}
+
+
+def _unflatten(flat: dict, abstract_tree):
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_tree)
+  return jax.tree.unflatten(treedef, [
+      flat[_key(p)] if math.prod(x.shape) else jnp.zeros(x.shape, x.dtype) for p, x in leaves])
 
 
 def abstract(tree, sharding=None):

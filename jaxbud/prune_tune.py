@@ -128,11 +128,11 @@ def load_base(config, r: _Run):
   return spec, state
 
 
-def prune_and_tune(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> dict:
   """Runs (or resumes) the prune-and-tune run of `config` in `workdir`; returns its summary."""
   pcfg = config.prune
   criteria.get(pcfg.criterion)
-  run = train_lib.setup(config)
+  run = train_lib.setup(config, dataset)
   r = _Run(config, workdir, run)
   base_spec, state = load_base(config, r)
   _validate(config, base_spec, r.ds.num_classes)

@@ -241,10 +241,15 @@ def resnet(depth: int, in_channels: int = 3) -> ResNetSpec:
   return ResNetSpec(depth, inner, in_channels=in_channels)
 
 
-def scale_prunable(spec: Spec, factor: float, minimum: int = 1) -> Spec:
-  """Every prunable width w becomes max(minimum, round(factor * w)) (0 stays 0)."""
+def scale_prunable(spec: Spec, factor: float, minimum: int = 1, keep_zeros: bool = True) -> Spec:
+  """Every prunable width w becomes max(minimum, round(factor * w)).
+
+  keep_zeros leaves layers pruned to 0 at 0; without it they get `minimum` too (the copycat
+  rule max(1, round(s * w_b)) of the study).
+  """
   return spec.with_prunable(
-      0 if w == 0 else max(minimum, int(round(factor * w))) for w in spec.prunable)
+      0 if w == 0 and keep_zeros else max(minimum, int(round(factor * w)))
+      for w in spec.prunable)
 
 
 def to_dict(spec: Spec) -> dict:

@@ -1,0 +1,32 @@
+r"""Runs the whole study and writes report.md; with no arguments, the embedded digits default.
+
+  python -m launch.study
+  python -m launch.study --config=configs/study_wrn_40_2_cifar10.py --workdir=runs/study_wrn
+Re-running the same command reuses finished arms and continues unfinished ones.
+"""
+import os
+
+from absl import flags
+from ml_collections import config_flags
+
+from jaxbud import cli
+from jaxbud import study
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(_ROOT, 'configs', 'study_digits.py'), 'Study config file.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', os.path.join('runs', 'study_digits'),
+                               'Directory for every arm, the results and report.md.')
+
+
+def main(argv):
+  del argv
+  out = study.run_study(_CONFIG.value, _WORKDIR.value)
+  for k, (headline, _) in out['answers'].items():
+    print(f'{k}: {headline}')
+  print(f'report: {out["report"]}')
+
+
+if __name__ == '__main__':
+  cli.run(main)
