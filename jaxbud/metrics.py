@@ -51,26 +51,20 @@ def format_seconds(s: float) -> str:
 
 
 class Progress:
-  """Rate and ETA over `total` units of work, measured from the first call to `tick`."""
+  """Rate and ETA over `total` units of work, measured from construction (compilation included)."""
 
   def __init__(self, total: int, start: int = 0, unit: str = 'step'):
     self.total, self.unit = total, unit
-    self._t0, self._n0 = None, start
-
-  def tick(self, done: int) -> str:
-    now = time.perf_counter()
-    if self._t0 is None:
-      self._t0, self._n0 = now, done
-    rate = (done - self._n0) / max(now - self._t0, 1e-9)
-    eta = (self.total - done) / rate if rate > 0 else float('nan')
-    eta_s = format_seconds(eta) if eta == eta else '?'
-    return f'{self.unit} {done}/{self.total} ({100 * done / self.total:.0f}%), ' \
-           f'{rate:.2f} {self.unit}s/s, ETA {eta_s}'
+    self._t0, self._n0 = time.perf_counter(), start
 
   def rate(self, done: int) -> float:
-    if self._t0 is None:
-      return 0.0
     return (done - self._n0) / max(time.perf_counter() - self._t0, 1e-9)
+
+  def tick(self, done: int) -> str:
+    rate = self.rate(done)
+    eta = format_seconds((self.total - done) / rate) if rate > 0 else '?'
+    return (f'{self.unit} {done}/{self.total} ({100 * done / max(self.total, 1):.0f}%), '
+            f'{rate:.2f} {self.unit}s/s, ETA {eta}')
 
 
 def log(msg: str):

@@ -1,0 +1,57 @@
+"""Prune-run cost against plain training: same number of steps, compilations included.
+
+A prune-and-tune run of R rounds of `prune_every` steps is timed end to end (every compilation,
+compaction and removal included) next to R * prune_every plain SGD steps of the unpruned base
+network with the same batch size, jitted once, compilation included. Both start from the same
+trained base checkpoint, in the same process, one after the other.
+"""
+import json
+import os
+import shutil
+import time
+
+import jax
+
+from jaxbud import metrics as metrics_lib
+from jaxbud import prune_tune
+from jaxbud import train as train_lib
+
+
+def compare(config, workdir: str) -> dict:
+  """Trains the base if `workdir/base` has none, then times plain steps and the prune run."""
+  base_dir = os.path.join(workdir, 'base')
+  if not os.path.exists(os.path.join(base_dir, 'final.json')):
+    train_lib.train_and_evaluate(config, base_dir)
+  pcfg = config.prune
+  with config.unlocked():
+    pcfg.base_workdir = base_dir
+  run = train_lib.setup(config)
+  r = prune_tune._Run(config, workdir, run)  # pylint: disable=protected-access
+  spec, state = prune_tune.load_base(config, r)
+  steps = pcfg.rounds * pcfg.prune_every
+
+  t0 = time.perf_counter()
+  step = jax.jit(train_lib.make_train_step(r.model(spec), r.tx, run.dataset, seed=config.seed,
+                                           crop_pad=config.data.crop_pad,
+                                           flip=config.data.flip), donate_argnums=0)
+  for _, batch in train_lib.batches(run.dataset, config.seed, pcfg.batch_size, 0, steps,
+                                    r.mesh):
+    state, m = step(state, batch)
+  jax.block_until_ready(m)
+  plain_s = time.perf_counter() - t0
+  metrics_lib.log(f'plain training: {steps} steps in {plain_s:.1f} s')
+
+  prune_dir = os.path.join(workdir, 'prune')
+  shutil.rmtree(prune_dir, ignore_errors=True)  # always a full run, never a resumed one
+  t0 = time.perf_counter()
+  summary = prune_tune.prune_and_tune(config, prune_dir, run.dataset)
+  prune_s = time.perf_counter() - t0
+  out = {'device_kind': jax.devices()[0].device_kind, 'spec': spec.to_json(),
+         'rounds': pcfg.rounds, 'prune_every': pcfg.prune_every, 'steps': steps,
+         'batch_size': pcfg.batch_size, 'criterion': pcfg.criterion,
+         'compact_every': pcfg.compact_every, 'plain_seconds': plain_s,
+         'prune_seconds': prune_s, 'ratio': prune_s / plain_s,
+         'compilations': summary['compilations'], 'removed': summary['removed']}
+  with open(os.path.join(workdir, 'bench_prune.json'), 'w') as f:
+    json.dump(out, f, indent=1)
+  return out
