@@ -245,7 +245,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
   repl = parallel.replicated(mesh)
   init = jax.jit(functools.partial(create_state, run.model, run.tx,
                                    image_shape=ds.image_shape), out_shardings=repl)
-  state = init(jax.random.key(config.seed))
+  # 'rbg' keys: the same initialisers, compiled about twice as fast as threefry on CPU, which
+  # matters when a study trains dozens of small networks.
+  state = init(jax.random.key(config.seed, impl='rbg'))
   ckpts = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'), tcfg.keep_checkpoints)
   start = ckpts.latest_step()
   if start is not None:
