@@ -7,18 +7,47 @@ are not meaningful, and the report says how many seeds each point has.
 import csv
 import json
 import os
+import statistics
+import time
 
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from jaxbud import bench
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from jaxbud import metrics as metrics_lib
+from jaxbud import models
 from jaxbud import spec as spec_lib
 
 COLUMNS = ('arm', 'family', 'budget', 'params', 'macs', 'test_error', 'test_error_std', 'seeds',
            'latency_b1_s', 'latency_large_s', 'large_batch', 'train_seconds', 'compilations',
            'spec')
+
+
+def inference_latency(spec, batch_sizes, image_shape, num_classes, repeats) -> dict:
+  """{batch: median seconds} of jitted eval-mode inference on random uint8-range images.
+
+  Weights are constants shaped by jax.eval_shape (values do not change dense conv timings), so
+  the only compilation per batch size is the forward pass itself.
+  """
+  model = models.build(spec, num_classes)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))
+  variables = jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes)
+  out = {}
+  for b in batch_sizes:
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (b, *image_shape)), jnp.float32)
+    fn = jax.jit(model.apply).lower(variables, x).compile()
+    jax.block_until_ready(fn(variables, x))  # warm-up
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      jax.block_until_ready(fn(variables, x))
+      times.append(time.perf_counter() - t)
+    out[b] = statistics.median(times)
+  return out
 
 
 def add_latency(rows, image_shape, num_classes, scfg, cache_path=None):
@@ -36,11 +65,9 @@ def add_latency(rows, image_shape, num_classes, scfg, cache_path=None):
   for r in rows:
     key = f'{r["spec"]}|{small}|{large}|{scfg.latency_repeats}'
     if key not in cache:
-      spec = spec_lib.from_json(r['spec'])
-      out = bench.bench_spec(bench.NamedSpec(r['family'], spec), batch_sizes=(small, large),
-                             modes=('infer',), repeats=scfg.latency_repeats, warmup=1,
-                             image_size=image_shape[0], num_classes=num_classes, log=None)
-      cache[key] = {str(o['batch_size']): o['median_s'] for o in out}
+      lat = inference_latency(spec_lib.from_json(r['spec']), (small, large), image_shape,
+                              num_classes, scfg.latency_repeats)
+      cache[key] = {str(b): t for b, t in lat.items()}
       measured += 1
     r['latency_b1_s'] = cache[key][str(small)]
     r['latency_large_s'] = cache[key][str(large)]
@@ -49,7 +76,7 @@ def add_latency(rows, image_shape, num_classes, scfg, cache_path=None):
     with open(cache_path, 'w') as f:
       json.dump(cache, f, indent=1)
   metrics_lib.log(f'latency measured for {measured} networks on '
-                  f'{bench.jax.devices()[0].device_kind} ({len(rows) - measured} reused)')
+                  f'{jax.devices()[0].device_kind} ({len(rows) - measured} reused)')
 
 
 def _by(rows, arm, family=None):
@@ -242,7 +269,7 @@ def write(rows, workdir, config) -> dict:
   _plot_profiles(rows, os.path.join(workdir, 'width_profiles.png'), config.study.main_criterion)
   answers = answer(rows, config)
   seeds = sorted({r['seeds'] for r in rows if r['arm'] not in ('base', 'pruned')})
-  device = bench.jax.devices()[0].device_kind
+  device = jax.devices()[0].device_kind
   md = [f'# Study report: {config.model.family} on {config.data.name}', '',
         f'Base: `{rows[0]["spec"]}` ({rows[0]["params"]:,} params). Budgets: '
         f'{", ".join(f"{b:,}" for b in config.study.budgets)}. Criteria: '
