@@ -256,7 +256,7 @@ def _table(rows) -> str:
   return head + body
 
 
-def write(rows, workdir, config) -> dict:
+def write(rows, workdir, config, num_test: int | None = None) -> dict:
   """results.json / results.csv, three plots and report.md in `workdir`."""
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(rows, f, indent=1)
@@ -268,13 +268,18 @@ def write(rows, workdir, config) -> dict:
   _plot_latency(rows, os.path.join(workdir, 'latency_vs_params.png'))
   _plot_profiles(rows, os.path.join(workdir, 'width_profiles.png'), config.study.main_criterion)
   answers = answer(rows, config)
-  seeds = sorted({r['seeds'] for r in rows if r['arm'] not in ('base', 'pruned')})
+  seeds = ', '.join(str(n) for n in sorted({r['seeds'] for r in rows
+                                            if r['arm'] not in ('base', 'pruned')}))
+  noise = (f' The test set has {num_test:,} images: one image is {100 / num_test:.2f}% of test '
+           'error, and differences of a few images or within the seed spread (±, sample std) '
+           'are noise.' if num_test else '')
   device = jax.devices()[0].device_kind
   md = [f'# Study report: {config.model.family} on {config.data.name}', '',
         f'Base: `{rows[0]["spec"]}` ({rows[0]["params"]:,} params). Budgets: '
         f'{", ".join(f"{b:,}" for b in config.study.budgets)}. Criteria: '
         f'{", ".join(config.study.criteria)}. Seeds per from-scratch point: {seeds}. '
-        f'Latency: jitted inference, median of {config.study.latency_repeats} on {device}.', '',
+        f'Latency: jitted inference, median of {config.study.latency_repeats} on {device}.'
+        f'{noise}', '',
         '## Research questions (computed from this run)', '']
   for k, (headline, lines) in answers.items():
     md.append(f'**{k}.** {headline}')

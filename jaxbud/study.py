@@ -248,4 +248,4 @@ def run_study(config, workdir: str) -> dict:
   rows = study.run_all()
   report.add_latency(rows, study.dataset.image_shape, study.nc, config.study,
                      os.path.join(workdir, 'latency.json'))
-  return report.write(rows, workdir, config)
+  return report.write(rows, workdir, config, len(study.dataset.test_labels))
