@@ -1,0 +1,51 @@
+"""One mesh over all devices: a prune run on 4 forced host devices decides like one on 1 device.
+
+Both prune runs start from the same trained base. (Training the base itself on 1 and on 4
+devices gives the same first steps to float rounding, but the rounding differences of a
+different reduction order grow over epochs at lr 0.1.)
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = r'''
+import json, sys
+import jax, numpy as np
+from configs import prune_digits
+from jaxbud import prune_tune, train
+workdir, base = sys.argv[1], sys.argv[2]
+c = prune_digits.get_config()
+c.model.update(depth=10, widen=1.0)
+c.train.update(epochs=2, eval_batch_size=360)
+c.prune.update(base_workdir=base, prune_every=3, rounds=12, budgets=(70_000,),
+               compact_every=6, stop_after_last_budget=False, checkpoint_every_rounds=12)
+final = train.train_and_evaluate(c, base)  # trained by the first run, reused by the second
+summary = prune_tune.prune_and_tune(c, workdir + '/prune')
+history = json.load(open(workdir + '/prune/history.json'))
+print(json.dumps({'devices': jax.device_count(), 'base_loss': final['test_loss'],
+                  'history': [(h['layer'], h['channel']) for h in history],
+                  'scores': [h['score'] for h in history],
+                  'snapshot_error': summary['snapshots'][0]['test_error']}))
+'''
+
+
+def run(tmp_path, devices):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  r = subprocess.run([sys.executable, '-c', SCRIPT, str(tmp_path / f'd{devices}'),
+                      str(tmp_path / 'base')], cwd=ROOT,
+                     env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_prune_decisions_do_not_depend_on_the_device_count(tmp_path):
+  one, four = run(tmp_path, 1), run(tmp_path, 4)
+  assert (one['devices'], four['devices']) == (1, 4)
+  np.testing.assert_allclose(four['base_loss'], one['base_loss'], rtol=1e-5)  # eval: 4 shards
+  assert four['history'] == one['history']
+  np.testing.assert_allclose(four['scores'], one['scores'], rtol=1e-3)
+  assert abs(four['snapshot_error'] - one['snapshot_error']) <= 1 / 360 + 1e-9
