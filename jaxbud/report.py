@@ -114,27 +114,22 @@ def answer(rows, config) -> dict:
   budgets = sorted(pruned)
   out = {}
 
-  lines, wins, n = [], 0, 0
-  for b in budgets:
-    if b in best_reduced:
-      rd, pr = best_reduced[b], pruned[b]
-      n += 1
-      wins += rd['test_error'] < pr['test_error']
-      lines.append(f'budget {b:,}: best reduced ({rd["family"]}, {rd["params"]:,} params) '
-                   f'{_fmt_err(rd)} vs {main}-pruned ({pr["params"]:,}) {_fmt_err(pr)}')
-  out['RQ1'] = (f'Reduced networks beat {main}-pruned-and-tuned ones of the same size: '
-                f'{_verdict(wins, n)}.', lines)
+  def pairs(others):
+    """(budget, other row, pruned row) where both exist, and how often `other` errs less."""
+    both = [(b, others[b], pruned[b]) for b in budgets if b in others]
+    return both, sum(o['test_error'] < p['test_error'] for _, o, p in both)
 
-  lines, wins, n = [], 0, 0
-  for b in budgets:
-    if b in scratch:
-      sc, pr = scratch[b], pruned[b]
-      n += 1
-      wins += sc['test_error'] < pr['test_error']
-      lines.append(f'budget {b:,}: pruned architecture from scratch {_fmt_err(sc)} vs '
-                   f'pruned-and-tuned {_fmt_err(pr)}')
+  both, wins = pairs(best_reduced)
+  out['RQ1'] = (f'Reduced networks beat {main}-pruned-and-tuned ones of the same size: '
+                f'{_verdict(wins, len(both))}.',
+                [f'budget {b:,}: best reduced ({rd["family"]}, {rd["params"]:,} params) '
+                 f'{_fmt_err(rd)} vs {main}-pruned ({pr["params"]:,}) {_fmt_err(pr)}'
+                 for b, rd, pr in both])
+  both, wins = pairs(scratch)
   out['RQ2'] = ('The pruned architecture trained from scratch beats the pruned-and-tuned '
-                f'network: {_verdict(wins, n)}.', lines)
+                f'network: {_verdict(wins, len(both))}.',
+                [f'budget {b:,}: pruned architecture from scratch {_fmt_err(sc)} vs '
+                 f'pruned-and-tuned {_fmt_err(pr)}' for b, sc, pr in both])
 
   lines, wins1, winsl, n = [], 0, 0, 0
   for b in budgets:
