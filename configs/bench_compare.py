@@ -1,0 +1,23 @@
+r"""jaxbud vs the PyTorch eager reference on this machine, same models and batches, one run.
+
+  python -m launch.bench_compare --config=configs/bench_compare.py
+
+Needs torch (pip install torch==2.13.0); the reference script is a peer file outside the repo.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.compare = ml_collections.ConfigDict(dict(
+      pairs=('wrn-40-2@128', 'densenet_bc-100-12@64', 'densenet_bc-100-12@128'),
+      modes=('infer', 'train', 'fisher'),  # torch times infer and train only
+      repeats=5,
+      warmup=1,
+      measure_peak=True,
+      xla_options='',  # per-compile XLA options 'name=value;...' for the jaxbud side
+      torch_script='../shared/peers/torch_reference.py',  # relative to the repo root
+      out_dir='/tmp/jaxbud/bench_compare',
+  ))
+  return c

@@ -1,0 +1,491 @@
+"""Timing of jitted inference, training and Fisher prune steps per spec, batch size and dtype.
+
+Why a harness: RQ3 and RQ5 are claims about speed on real hardware, so every number comes from
+the same compiled functions the library trains with, on whatever backend JAX finds.
+
+For each (spec, batch size, dtype) every requested mode is compiled ahead of time
+(`jax.jit(f).lower(...).compile()`, timed separately), warmed up, then timed `repeats` times
+with `block_until_ready`. The modes of one (spec, batch, dtype) are timed round-robin, call by
+call, so background load on a shared machine hits them alike and the Fisher/train ratio stays
+meaningful. Inputs are random uint8 images; the data pipeline is not part of any figure.
+
+- infer:  normalise + `model.apply` in eval mode (running BN statistics).
+- train:  `train.make_train_step` (on-device crop/flip + normalise, forward/backward in train
+          mode, SGD momentum with coupled weight decay), state donated.
+- fisher: `prune.make_prune_step(fisher=True)` on `prune.init_prune_state`: the train step plus
+          per-example (N, C) channel gates and the accumulated Fisher saliency.
+
+FLOP convention: XLA's `cost_analysis()['flops']` counts a multiply-add as 2 flops, so for
+inference `xla_flops ~= 2 * batch * macs` (the spec's count_macs) plus the small elementwise
+work; `xla_flops_over_2macs` shows that ratio. It is a little under 1 for 3x3 convs on small
+maps because XLA does not count the taps that fall on zero padding, while count_macs does. Achieved FLOP/s is XLA's flops over the median
+time, set against a measured matmul peak (`peak_matmul`).
+"""
+import csv
+import dataclasses
+import functools
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxbud import augment
+from jaxbud import data as data_lib
+from jaxbud import models
+from jaxbud import parallel
+from jaxbud import prune
+from jaxbud import spec as spec_lib
+from jaxbud import train as train_lib
+
+MODES = ('infer', 'train', 'fisher')
+DTYPES = train_lib.DTYPES
+SPEC_FORMS = ("a name like 'wrn-40-2', 'wrn-16-1', 'densenet_bc-100-12', 'resnet-50', "
+              "a spec.json file, a folder holding spec.json (a snapshot or train workdir), "
+              "or inline spec JSON ('{...}' or 'label={...}')")
+_NAMES = (
+    (re.compile(r'wrn-(\d+)-(\d+(?:\.\d+)?)'), lambda d, k: spec_lib.wrn(int(d), float(k))),
+    (re.compile(r'densenet(?:_bc|-bc)?-(\d+)-(\d+)'),
+     lambda d, k: spec_lib.densenet_bc(int(d), int(k))),
+    (re.compile(r'densenet(?:_bc|-bc)?-(\d+)'), lambda d: spec_lib.densenet_bc(int(d), 12)),
+    (re.compile(r'resnet-(\d+)'), lambda d: spec_lib.resnet(int(d))),
+)
+# Synthetic-image normalisation statistics (0..255 scale); the values do not affect timings.
+_MEAN, _STD = (127.5, 127.5, 127.5), (64.0, 64.0, 64.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedSpec:
+  label: str   # what the user wrote (a name, a path) or the label of inline JSON
+  spec: spec_lib.Spec
+
+
+def parse_spec(text: str) -> NamedSpec:
+  """A spec from a name, a spec.json path, a folder holding spec.json, or inline JSON."""
+  if not isinstance(text, str) or not text.strip():
+    raise ValueError(f'empty spec entry {text!r}; expected {SPEC_FORMS}')
+  text = text.strip()
+  m = re.fullmatch(r'([\w.+-]+)=(\{.*\})', text, re.S)
+  if m or text.startswith('{'):
+    label, body = m.groups() if m else (None, text)
+    try:
+      spec = spec_lib.from_json(body)
+    except ValueError as e:
+      raise ValueError(f'inline spec {text[:60]!r}: {e}') from None
+    return NamedSpec(label or f'{spec.family}-{spec.depth}:custom', spec)
+  for pattern, make in _NAMES:
+    m = pattern.fullmatch(text.lower())
+    if m:
+      return NamedSpec(text, make(*m.groups()))
+  if os.path.isdir(text):
+    path = os.path.join(text, 'spec.json')
+    if not os.path.isfile(path):
+      raise ValueError(f'spec folder {text} holds no spec.json; expected {SPEC_FORMS}')
+    return NamedSpec(text, spec_lib.load(path))
+  if os.path.isfile(text):
+    return NamedSpec(text, spec_lib.load(text))
+  if os.sep in text or text.endswith('.json'):
+    raise ValueError(f'no spec file or folder at {text}')
+  raise ValueError(f'unknown spec {text!r}; expected {SPEC_FORMS}')
+
+
+def default_image_size(spec) -> int:
+  return 224 if spec.family == 'resnet' else 32
+
+
+def default_num_classes(spec) -> int:
+  return 1000 if spec.family == 'resnet' else 10
+
+
+def synthetic_batch(batch_size: int, image_shape, num_classes: int, seed: int = 0) -> dict:
+  """Random uint8 NHWC images and int32 labels, made on the host."""
+  rng = np.random.default_rng(seed)
+  return {'image': rng.integers(0, 256, (batch_size, *image_shape), dtype=np.uint8),
+          'label': rng.integers(0, num_classes, (batch_size,), dtype=np.int32)}
+
+
+def _synthetic_dataset(image_shape, num_classes) -> data_lib.Dataset:
+  """A Dataset carrying only what the steps read (statistics); no images are indexed."""
+  c = image_shape[-1]
+  empty = np.zeros((0, *image_shape), np.uint8)
+  labels = np.zeros((0,), np.int32)
+  return data_lib.Dataset('synthetic', empty, labels, empty, labels, num_classes,
+                          (_MEAN * c)[:c], (_STD * c)[:c])
+
+
+def _flops(compiled) -> float | None:
+  try:
+    ca = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # some backends have no cost model
+    return None
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else {}
+  flops = (ca or {}).get('flops')
+  return float(flops) if flops is not None and flops >= 0 else None
+
+
+def parse_xla_options(text: str) -> dict:
+  """'name=value;name=value' -> XLA compiler options for `.compile(compiler_options=...)`.
+
+  Per-compilation DebugOptions, e.g. 'xla_cpu_experimental_ynn_fusion_type=' (YNNPACK off):
+  unlike XLA_FLAGS they let one process compare variants under the same machine load.
+  """
+  opts = {}
+  for item in filter(None, (s.strip() for s in str(text or '').split(';'))):
+    name, sep, value = item.partition('=')
+    if not sep or not name.startswith('xla_'):
+      raise ValueError(f'bad XLA option {item!r}; expected name=value with an xla_* name, '
+                       'several separated by ";"')
+    low = value.lower()
+    opts[name] = (True if low == 'true' else False if low == 'false'
+                  else int(value) if re.fullmatch(r'-?\d+', value) else value)
+  if opts:  # XLA checks names and values only when compiling: try a trivial program now
+    try:
+      jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=opts)
+    except Exception as e:  # pylint: disable=broad-except  # XLA raises its own runtime error
+      raise ValueError(f'XLA rejected options {text!r}: {str(e).splitlines()[0]}') from None
+  return opts
+
+
+def _compile(fn, args, donate=(), options=None):
+  start = time.perf_counter()
+  compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile(compiler_options=options)
+  return compiled, time.perf_counter() - start
+
+
+def peak_matmul(n: int = 2048, dtype: str = 'float32', repeats: int = 5, warmup: int = 2,
+                xla_options: str = '') -> dict:
+  """Measured matmul FLOP/s: a jitted (n, n) @ (n, n) jnp.dot, 2 * n**3 flops per call.
+
+  The median over `repeats` timed calls (after `warmup`) is the reference "peak" the
+  networks' achieved FLOP/s is set against; it is what XLA's own GEMM reaches, not a
+  datasheet number. `xla_options` are those the networks are compiled with.
+  """
+  dt = jnp.dtype(dtype)
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
+  compiled, _ = _compile(lambda x, y: jnp.dot(x, y, preferred_element_type=dt), (a, b),
+                         options=parse_xla_options(xla_options) or None)
+  for _ in range(warmup):
+    compiled(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    compiled(a, b).block_until_ready()
+    times.append(time.perf_counter() - t)
+  med = statistics.median(times)
+  return {'n': n, 'dtype': dtype, 'median_s': med, 'gflops': 2 * n ** 3 / med / 1e9,
+          'how': f'jitted jnp.dot of two {n}x{n} {dtype} matrices, median of {repeats} calls '
+                 f'after {warmup} warm-up, 2*n^3 flops'}
+
+
+class _Case:
+  """One mode of one (spec, batch, dtype): the compiled function and its rolling arguments."""
+
+  def __init__(self, mode, compiled, args, compile_s, stateful):
+    self.mode, self.compiled, self.args, self.compile_s = mode, compiled, args, compile_s
+    self.stateful, self.times = stateful, []
+
+  def call(self):
+    t = time.perf_counter()
+    out = self.compiled(*self.args)
+    jax.block_until_ready(out)
+    dt = time.perf_counter() - t
+    if self.stateful:  # the state was donated: carry the new one into the next call
+      self.args = (out[0],) + self.args[1:]
+    return dt
+
+
+def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None, seed=0):
+  """Builds and AOT-compiles every requested mode for one (spec, batch, dtype)."""
+  image_shape = (image_size, image_size, spec.in_channels)
+  ds = _synthetic_dataset(image_shape, num_classes)
+  model = models.build(spec, num_classes, dtype)
+  tx = train_lib.make_optimizer(ml_collections.ConfigDict(dict(
+      schedule='constant', lr=0.1, momentum=0.9, weight_decay=5e-4)), steps_per_epoch=1)
+  n_dev = jax.device_count()
+  if batch_size % n_dev == 0:  # the library's layout: params replicated, batch on 'data'
+    mesh = parallel.make_mesh()
+    repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    devices_used = n_dev
+  else:  # a batch that does not split evenly runs on one device
+    repl = data = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    devices_used = 1
+  batch = jax.device_put(synthetic_batch(batch_size, image_shape, num_classes, seed), data)
+  state = jax.jit(functools.partial(train_lib.create_state, model, tx, image_shape=image_shape),
+                  out_shardings=repl)(jax.random.key(seed))
+  crop_pad = 4 if spec.family != 'resnet' else 0
+  cases = []
+  for mode in modes:
+    if mode == 'infer':
+      def infer(variables, images):
+        return model.apply(variables, augment.normalize(images, ds.mean, ds.std, model.dtype))
+      args = ({'params': state.params, 'batch_stats': state.batch_stats}, batch['image'])
+      compiled, cs = _compile(infer, args, options=options)
+      cases.append(_Case(mode, compiled, args, cs, stateful=False))
+    elif mode == 'train':
+      step = train_lib.make_train_step(model, tx, ds, seed=seed, crop_pad=crop_pad, flip=True)
+      args = (jax.tree.map(jnp.copy, state), batch)
+      compiled, cs = _compile(step, args, donate=0, options=options)
+      cases.append(_Case(mode, compiled, args, cs, stateful=True))
+    elif mode == 'fisher':
+      step = prune.make_prune_step(model, tx, ds, seed=seed, crop_pad=crop_pad, flip=True,
+                                   fisher=True)
+      ps = jax.jit(prune.init_prune_state, static_argnums=1, out_shardings=repl)(
+          jax.tree.map(jnp.copy, state), spec)
+      args = (ps, batch)
+      compiled, cs = _compile(step, args, donate=0, options=options)
+      cases.append(_Case(mode, compiled, args, cs, stateful=True))
+  return cases, devices_used
+
+
+def check_settings(modes, batch_sizes, dtypes, repeats, warmup, image_size, num_classes):
+  for m in modes:
+    if m not in MODES:
+      raise ValueError(f'unknown bench mode {m!r}; expected any of {MODES}')
+  for d in dtypes:
+    if d not in DTYPES:
+      raise ValueError(f'unknown bench dtype {d!r}; expected any of {DTYPES}')
+  for b in batch_sizes:
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+      raise ValueError(f'bench.batch_sizes entries must be integers >= 1, got {b!r}')
+  if repeats < 1:
+    raise ValueError(f'bench.repeats must be >= 1, got {repeats}')
+  if warmup < 0:
+    raise ValueError(f'bench.warmup must be >= 0, got {warmup}')
+  if image_size < 0 or num_classes < 0:
+    raise ValueError('bench.image_size and bench.num_classes must be >= 0 (0: family default)')
+  if not modes or not batch_sizes or not dtypes:
+    raise ValueError('bench.modes, bench.batch_sizes and bench.dtypes must not be empty')
+
+
+def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',),
+               modes=MODES, repeats: int = 5, warmup: int = 1, image_size: int = 0,
+               num_classes: int = 0, peaks: dict | None = None, xla_options: str = '',
+               log=print) -> list[dict]:
+  """Rows (one per mode, batch size and dtype) for one spec; see the module docstring."""
+  spec = named.spec
+  options = parse_xla_options(xla_options) or None
+  image_size = image_size or default_image_size(spec)
+  num_classes = num_classes or default_num_classes(spec)
+  params = spec_lib.count_params(spec, num_classes)
+  macs = spec_lib.count_macs(spec, image_size, num_classes)
+  rows = []
+  for dtype in dtypes:
+    peak = (peaks or {}).get(dtype)
+    for b in batch_sizes:
+      cases, devices_used = _cases(spec, modes, b, dtype, image_size, num_classes, options)
+      for _ in range(warmup):
+        for c in cases:
+          c.call()
+      for _ in range(repeats):  # round-robin: load changes hit every mode alike
+        for c in cases:
+          c.times.append(c.call())
+      medians = {c.mode: statistics.median(c.times) for c in cases}
+      for c in cases:
+        med = medians[c.mode]
+        flops = _flops(c.compiled)
+        row = {
+            'spec': named.label, 'family': spec.family, 'params': params,
+            'macs_per_image': macs, 'image_size': image_size, 'num_classes': num_classes,
+            'mode': c.mode, 'batch_size': b, 'dtype': dtype,
+            'compile_s': c.compile_s, 'median_s': med, 'min_s': min(c.times),
+            'max_s': max(c.times), 'spread': (max(c.times) - min(c.times)) / med,
+            'images_per_s': b / med,
+            'vs_train': (med / medians['train'] if c.mode == 'fisher' and 'train' in medians
+                         else None),
+            'xla_flops': flops,
+            'xla_flops_over_2macs': (flops / (2 * b * macs)
+                                     if flops and c.mode == 'infer' else None),
+            'achieved_gflops': flops / med / 1e9 if flops else None,
+            'peak_gflops': peak['gflops'] if peak else None,
+            'peak_fraction': flops / med / 1e9 / peak['gflops'] if flops and peak else None,
+            'repeats': repeats, 'warmup': warmup,
+            'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count(),
+            'devices_used': devices_used, 'backend': jax.default_backend(),
+            'jax_version': jax.__version__, 'xla_options': xla_options,
+            'xla_flags_env': os.environ.get('XLA_FLAGS', ''),
+            'spec_json': spec_lib.to_json(spec),
+        }
+        rows.append(row)
+        if log:
+          log(format_table([row], header=False))
+      del cases
+  return rows
+
+
+def run(bcfg, log=print) -> list[dict]:
+  """All rows for a config's `bench` section (specs x dtypes x batch sizes x modes)."""
+  specs = tuple(bcfg.specs)
+  modes, batch_sizes, dtypes = tuple(bcfg.modes), tuple(bcfg.batch_sizes), tuple(bcfg.dtypes)
+  check_settings(modes, batch_sizes, dtypes, bcfg.repeats, bcfg.warmup, bcfg.image_size,
+                 bcfg.num_classes)
+  if not specs:
+    raise ValueError(f'bench.specs is empty; give one or more of: {SPEC_FORMS}')
+  named = [parse_spec(s) for s in specs]  # every entry checked before anything runs
+  xla_options = bcfg.get('xla_options', '')
+  parse_xla_options(xla_options)
+  peaks = {d: peak_matmul(bcfg.get('peak_n', 2048), d, xla_options=xla_options)
+           for d in dtypes} if bcfg.get('measure_peak', True) else {}
+  if log:
+    for p in peaks.values():
+      log(f'matmul peak {p["gflops"]:.1f} GFLOP/s ({p["how"]})')
+    log(format_table([], header=True))
+  rows = []
+  for ns in named:
+    rows += bench_spec(ns, batch_sizes=batch_sizes, dtypes=dtypes, modes=modes,
+                       repeats=bcfg.repeats, warmup=bcfg.warmup, image_size=bcfg.image_size,
+                       num_classes=bcfg.num_classes, peaks=peaks, xla_options=xla_options,
+                       log=log)
+  return rows
+
+
+def write(rows: list[dict], out_dir: str, name: str = 'bench') -> tuple[str, str]:
+  """Writes rows to <out_dir>/<name>.json (a list of objects) and <name>.csv; returns paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  json_path, csv_path = os.path.join(out_dir, f'{name}.json'), os.path.join(out_dir, f'{name}.csv')
+  with open(json_path, 'w') as f:
+    json.dump(rows, f, indent=1)
+  keys = list(dict.fromkeys(k for r in rows for k in r))
+  with open(csv_path, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: '' if r.get(k) is None else r[k] for k in keys})
+  return json_path, csv_path
+
+
+_COLUMNS = (  # (header, key, width, format spec); '<' marks left-aligned text columns
+    ('spec', 'spec', 22, '<'), ('mode', 'mode', 6, '<'), ('batch', 'batch_size', 5, ''),
+    ('dtype', 'dtype', 8, '<'), ('params', 'params', 10, ','),
+    ('compile_s', 'compile_s', 9, '.2f'), ('median_s', 'median_s', 9, '.4f'),
+    ('min_s', 'min_s', 8, '.4f'), ('max_s', 'max_s', 8, '.4f'),
+    ('img/s', 'images_per_s', 8, '.1f'), ('vs_train', 'vs_train', 8, '.3f'),
+    ('GFLOP/s', 'achieved_gflops', 8, '.1f'), ('%peak', 'peak_fraction', 6, '.1%'),
+    ('flops/2MAC', 'xla_flops_over_2macs', 10, '.3f'),
+)
+
+
+def format_table(rows: list[dict], header: bool = True) -> str:
+  """Aligned text table of the main columns (all columns are in the JSON/CSV)."""
+  lines = []
+  if header:
+    lines.append(' '.join(f'{h:<{w}}' if f == '<' else f'{h:>{w}}' for h, _, w, f in _COLUMNS))
+  for r in rows:
+    cells = []
+    for _, key, w, f in _COLUMNS:
+      v = r.get(key)
+      if v is None:
+        cells.append(f'{"-":>{w}}')
+      elif f == '<':
+        cells.append(f'{str(v)[:w]:<{w}}')
+      else:
+        cells.append(f'{v:>{w}{f}}')
+    lines.append(' '.join(cells))
+  return '\n'.join(lines)
+
+
+def fisher_overheads(rows: list[dict]) -> list[str]:
+  """One line per Fisher row: its step time against the plain train step's."""
+  return [f'Fisher step vs train step, {r["spec"]} batch {r["batch_size"]} {r["dtype"]}: '
+          f'{r["vs_train"]:.3f}x ({(r["vs_train"] - 1):+.1%})'
+          for r in rows if r['mode'] == 'fisher' and r.get('vs_train')]
+
+
+# --- PyTorch reference (a peer script run as a subprocess, same machine, same run) ---
+
+def torch_args(spec: spec_lib.Spec) -> list[str]:
+  """The reference script's model flags for a standard WRN-d-k or DenseNet-BC-d-k spec."""
+  if spec.family == 'wrn':
+    k = spec.stage_widths[0] / 16
+    if spec != spec_lib.wrn(spec.depth, k):
+      raise ValueError('the torch reference builds only standard WRN-d-k (uniform widths)')
+    return ['--model', 'wrn', '--depth', str(spec.depth), '--widen', f'{k:g}']
+  if spec.family == 'densenet_bc':
+    if spec != spec_lib.densenet_bc(spec.depth, spec.growth):
+      raise ValueError('the torch reference builds only standard DenseNet-BC-d-k')
+    return ['--model', 'densenet', '--depth', str(spec.depth), '--growth', str(spec.growth)]
+  raise ValueError(f'the torch reference has no {spec.family} model')
+
+
+def run_torch_reference(script: str, spec: spec_lib.Spec, batch_size: int, repeats: int,
+                        image_size: int = 32, timeout: float = 1800) -> dict:
+  """Runs the reference script in a subprocess and returns its one-line JSON result."""
+  if not os.path.isfile(script):
+    raise ValueError(f'no torch reference script at {script}')
+  cmd = [sys.executable, script, *torch_args(spec), '--batch', str(batch_size),
+         '--size', str(image_size), '--repeats', str(repeats)]
+  r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+  if r.returncode:
+    raise ValueError(f'torch reference failed ({" ".join(cmd)}): {r.stderr.strip()[-500:]}')
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def compare_table(rows: list[dict], torch_results: dict) -> str:
+  """Side by side: per (spec, batch), jaxbud vs torch median seconds and images/s.
+
+  torch_results: {(spec label, batch): the reference's JSON dict}.
+  """
+  head = (f'{"spec":<20} {"batch":>5} {"what":<6} {"jax_s":>8} {"torch_s":>8} {"jax/torch":>9} '
+          f'{"jax img/s":>9} {"torch img/s":>11} {"jax compile_s":>13}')
+  lines = [head]
+  for (label, b), t in torch_results.items():
+    for mode, tkey in (('train', 'train_step_s'), ('infer', 'infer_s')):
+      jr = next((r for r in rows if r['spec'] == label and r['batch_size'] == b
+                 and r['mode'] == mode and r['dtype'] == 'float32'), None)
+      if jr is None:
+        continue
+      ts = t[tkey]
+      lines.append(f'{label:<20.20} {b:>5} {mode:<6} {jr["median_s"]:>8.4f} {ts:>8.4f} '
+                   f'{jr["median_s"] / ts:>9.2f} {jr["images_per_s"]:>9.1f} {b / ts:>11.1f} '
+                   f'{jr["compile_s"]:>13.2f}')
+  return '\n'.join(lines)
+
+
+def parse_pair(text: str) -> tuple[NamedSpec, int]:
+  """'SPEC@BATCH' (e.g. 'wrn-40-2@128') -> (spec, batch size)."""
+  spec_text, sep, b = str(text).rpartition('@')
+  if not sep or not b.isdigit() or int(b) < 1:
+    raise ValueError(f'compare entry {text!r} must be SPEC@BATCH, e.g. wrn-40-2@128')
+  return parse_spec(spec_text), int(b)
+
+
+def compare(ccfg, log=print) -> tuple[list[dict], dict]:
+  """jaxbud rows and torch reference results for every 'SPEC@BATCH' of `ccfg.pairs`.
+
+  Each pair runs jaxbud first, then the reference script in a subprocess, so both see the
+  machine in the same state; torch gets the same model, batch, image size and repeats.
+  """
+  check_settings(tuple(ccfg.modes), (1,), ('float32',), ccfg.repeats, ccfg.warmup, 0, 0)
+  pairs = [parse_pair(p) for p in ccfg.pairs]
+  for ns, _ in pairs:
+    torch_args(ns.spec)  # every pair must have a reference model before anything runs
+  if not os.path.isfile(ccfg.torch_script):
+    raise ValueError(f'no torch reference script at {ccfg.torch_script} '
+                     '(set --config.compare.torch_script)')
+  xla_options = ccfg.get('xla_options', '')
+  parse_xla_options(xla_options)
+  peaks = ({'float32': peak_matmul(xla_options=xla_options)}
+           if ccfg.get('measure_peak', True) else {})
+  rows, torch_results = [], {}
+  for ns, b in pairs:
+    rows += bench_spec(ns, batch_sizes=(b,), modes=tuple(ccfg.modes), repeats=ccfg.repeats,
+                       warmup=ccfg.warmup, peaks=peaks, xla_options=xla_options, log=log)
+    t = run_torch_reference(ccfg.torch_script, ns.spec, b, ccfg.repeats,
+                            default_image_size(ns.spec))
+    torch_results[(ns.label, b)] = t
+    params = spec_lib.count_params(ns.spec, default_num_classes(ns.spec))
+    if t.get('params') != params:  # the two sides must time the same network
+      raise ValueError(f'torch reference built {t.get("params")} params for {ns.label}, '
+                       f'jaxbud {params}')
+    if log:
+      log(f'torch {ns.label} batch {b}: train {t["train_step_s"]:.4f} s, '
+          f'infer {t["infer_s"]:.4f} s ({t["framework"]}, {t["threads"]} threads)')
+  return rows, torch_results
