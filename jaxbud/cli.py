@@ -7,6 +7,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+from ml_collections import config_flags
 
 MULTIHOST = flags.DEFINE_bool(
     'multihost', False, 'Call jax.distributed.initialize() first (TPU pods, multi-host GPU); '
@@ -20,6 +21,18 @@ class _QuietLibraries(std_logging.Filter):
   def filter(self, record):
     return record.levelno >= std_logging.WARNING or not any(
         n in record.pathname for n in self.NOISY)
+
+
+def config_and_workdir(config_help: str, workdir_help: str, config_default=None,
+                       workdir_default=None):
+  """The --config (ml_collections file, locked) and --workdir flags every launcher takes."""
+  config = config_flags.DEFINE_config_file('config', config_default, config_help,
+                                           lock_config=True)
+  workdir = flags.DEFINE_string('workdir', workdir_default, workdir_help)
+  flags.mark_flags_as_required(
+      [name for name, default in (('config', config_default), ('workdir', workdir_default))
+       if default is None])
+  return config, workdir
 
 
 def fail(message: str):

@@ -4,16 +4,11 @@ r"""Times a prune-and-tune run against the same number of plain training steps.
 """
 import json
 
-from absl import flags
-from ml_collections import config_flags
-
 from jaxbud import bench_prune
 from jaxbud import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config (configs/bench_prune.py).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the base and the prune run.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG, _WORKDIR = cli.config_and_workdir(
+    'Config (configs/bench_prune.py).', 'Directory for the base and the prune run.')
 
 
 def main(argv):

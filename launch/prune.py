@@ -3,16 +3,11 @@ r"""Prune-and-tune from a trained checkpoint; re-running the same command resume
   python -m launch.prune --config=configs/prune_digits.py --workdir=/tmp/jaxbud/prune \
       --config.prune.base_workdir=/tmp/jaxbud/default
 """
-from absl import flags
-from ml_collections import config_flags
-
 from jaxbud import cli
 from jaxbud import prune_tune
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/prune_*.py).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the prune run.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG, _WORKDIR = cli.config_and_workdir(
+    'Config file (configs/prune_*.py).', 'Directory for the prune run.')
 
 
 def main(argv):

@@ -6,18 +6,13 @@ Re-running the same command reuses finished arms and continues unfinished ones.
 """
 import os
 
-from absl import flags
-from ml_collections import config_flags
-
 from jaxbud import cli
 from jaxbud import study
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(_ROOT, 'configs', 'study_digits.py'), 'Study config file.',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', os.path.join('runs', 'study_digits'),
-                               'Directory for every arm, the results and report.md.')
+_CONFIG, _WORKDIR = cli.config_and_workdir(
+    'Study config file.', 'Directory for every arm, the results and report.md.',
+    os.path.join(_ROOT, 'configs', 'study_digits.py'), os.path.join('runs', 'study_digits'))
 
 
 def main(argv):

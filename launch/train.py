@@ -3,16 +3,11 @@ r"""Trains one network from a config; re-running the same command resumes it.
   python -m launch.train --config=configs/default.py --workdir=/tmp/jaxbud/default \
       [--config.train.epochs=3 ...]
 """
-from absl import flags
-from ml_collections import config_flags
-
 from jaxbud import cli
 from jaxbud import train
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG, _WORKDIR = cli.config_and_workdir(
+    'Config file (configs/*.py).', 'Directory for checkpoints and metrics.')
 
 
 def main(argv):
