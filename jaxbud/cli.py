@@ -23,16 +23,21 @@ class _QuietLibraries(std_logging.Filter):
         n in record.pathname for n in self.NOISY)
 
 
+def define_config(help_: str, default=None):
+  """--config: an ml_collections config file, locked so a mistyped field is an error."""
+  config = config_flags.DEFINE_config_file('config', default, help_, lock_config=True)
+  if default is None:
+    flags.mark_flag_as_required('config')
+  return config
+
+
 def config_and_workdir(config_help: str, workdir_help: str, config_default=None,
                        workdir_default=None):
-  """The --config (ml_collections file, locked) and --workdir flags every launcher takes."""
-  config = config_flags.DEFINE_config_file('config', config_default, config_help,
-                                           lock_config=True)
+  """The --config and --workdir flags of the launchers that write a run folder."""
   workdir = flags.DEFINE_string('workdir', workdir_default, workdir_help)
-  flags.mark_flags_as_required(
-      [name for name, default in (('config', config_default), ('workdir', workdir_default))
-       if default is None])
-  return config, workdir
+  if workdir_default is None:
+    flags.mark_flag_as_required('workdir')
+  return define_config(config_help, config_default), workdir
 
 
 def fail(message: str):

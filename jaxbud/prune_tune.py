@@ -40,7 +40,6 @@ def finetune_optimizer(pcfg):
 
 def _validate(config, base_spec, num_classes):
   pcfg = config.prune
-  criteria.get(pcfg.criterion)
   for field in ('prune_every', 'rounds', 'compact_every', 'batch_size', 'checkpoint_every_rounds'):
     if pcfg[field] < 1:
       raise ValueError(f'prune.{field} must be >= 1, got {pcfg[field]}')

@@ -178,6 +178,15 @@ def answer(rows, config) -> dict:
   return out
 
 
+def _save(fig, axes, path):
+  for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def _plot_error(rows, path):
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for (arm, fam), marker in zip(sorted({(r['arm'], r['family']) for r in rows}),
@@ -193,11 +202,7 @@ def _plot_error(rows, path):
   ax.set_xlabel('parameters')
   ax.set_ylabel('test error (%, log scale)')
   ax.set_title('Test error vs parameters')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, [ax], path)
 
 
 def _plot_latency(rows, path):
@@ -211,11 +216,7 @@ def _plot_latency(rows, path):
     ax.set_xlabel('parameters')
     ax.set_ylabel('inference latency (ms)')
     ax.set_title(f'Latency vs parameters, {title}')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, axes, path)
 
 
 def _plot_profiles(rows, path, main):
@@ -233,11 +234,7 @@ def _plot_profiles(rows, path, main):
   ax.set_xlabel('prunable layer (block order)')
   ax.set_ylabel('channels')
   ax.set_title('Per-layer width profile: pruned vs reduced')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, [ax], path)
 
 
 def _table(rows) -> str:

@@ -3,15 +3,10 @@ r"""Times inference, train and Fisher prune steps per spec and batch size; write
   python -m launch.bench --config=configs/bench.py --config.bench.batch_sizes='(1,128)'
   python -m launch.bench --config=configs/bench_reduced_vs_pruned.py
 """
-from absl import flags
-from ml_collections import config_flags
-
 from jaxbud import bench
 from jaxbud import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/bench*.py).',
-                                          lock_config=True)
-flags.mark_flags_as_required(['config'])
+_CONFIG = cli.define_config('Config file (configs/bench*.py).')
 
 
 def main(argv):

@@ -5,15 +5,10 @@ r"""jaxbud's bench and the PyTorch eager reference, same models and batches, sid
 import json
 import os
 
-from absl import flags
-from ml_collections import config_flags
-
 from jaxbud import bench
 from jaxbud import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/bench_compare.py).',
-                                          lock_config=True)
-flags.mark_flags_as_required(['config'])
+_CONFIG = cli.define_config('Config file (configs/bench_compare.py).')
 
 
 def main(argv):
