@@ -9,9 +9,20 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from jaxbud import preempt
+
 MULTIHOST = flags.DEFINE_bool(
-    'multihost', False, 'Call jax.distributed.initialize() first (TPU pods, multi-host GPU); '
-    'coordinator and process ids come from the environment.')
+    'multihost', False, 'Call jax.distributed.initialize() first (TPU pods, multi-host GPU, '
+    'several local CPU processes); without the three flags below, the coordinator and process '
+    'ids come from the environment (TPU VM metadata, SLURM, ...).')
+COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'With --multihost: host:port of process 0, which serves the '
+    'distributed runtime (give it with --num_processes and --process_id).')
+NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'With --multihost: how many processes take part.', lower_bound=1)
+PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'With --multihost: this process\'s index in [0, num_processes).',
+    lower_bound=0)
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -40,10 +51,10 @@ def config_and_workdir(config_help: str, workdir_help: str, config_default=None,
   return define_config(config_help, config_default), workdir
 
 
-def fail(message: str):
-  """Prints one line to stderr and exits with status 2 (a usage error)."""
+def fail(message: str, status: int = 2):
+  """Prints one line to stderr and exits with `status` (2: a usage error)."""
   print(f'error: {" ".join(str(message).split())}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def _parse(argv):
@@ -55,6 +66,20 @@ def _parse(argv):
     fail(f'bad flag: {e}')
 
 
+def initialize_distributed():
+  """jax.distributed.initialize from the three flags, or from the environment without them."""
+  given = {'coordinator_address': COORDINATOR.value, 'num_processes': NUM_PROCESSES.value,
+           'process_id': PROCESS_ID.value}
+  missing = [f'--{k}' for k, v in given.items() if v is None]
+  if missing and len(missing) < len(given):
+    fail(f'--multihost needs all of --coordinator_address, --num_processes and --process_id or '
+         f'none of them (auto-detection from the environment); missing {", ".join(missing)}')
+  if not missing and given['process_id'] >= given['num_processes']:
+    fail(f'--process_id={given["process_id"]} must be below --num_processes='
+         f'{given["num_processes"]}')
+  jax.distributed.initialize(**({} if missing else given))
+
+
 def run(main):
   """app.run(main) where bad flags and ValueErrors raised by `main` become `fail(...)`."""
 
@@ -64,10 +89,17 @@ def run(main):
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_QuietLibraries())
     if MULTIHOST.value:
-      jax.distributed.initialize()
+      initialize_distributed()
+    elif any(f.value is not None for f in (COORDINATOR, NUM_PROCESSES, PROCESS_ID)):
+      fail('--coordinator_address, --num_processes and --process_id only apply with --multihost')
     try:
       main(argv)
     except (ValueError, OSError) as e:  # OSError: unreadable config file, unwritable workdir
       fail(str(e))
+    except preempt.Preempted as e:  # checkpoint saved: a scheduler re-runs the command
+      print(f'preempted: {e}', file=sys.stderr)
+      sys.exit(143)
+    except preempt.NonFiniteError as e:
+      fail(str(e), status=1)
 
   app.run(guarded, flags_parser=_parse)

@@ -26,6 +26,7 @@ from jaxbud import criteria
 from jaxbud import metrics as metrics_lib
 from jaxbud import models
 from jaxbud import parallel
+from jaxbud import preempt
 from jaxbud import prune
 from jaxbud import spec as spec_lib
 from jaxbud import train as train_lib
@@ -44,6 +45,10 @@ def _validate(config, base_spec, num_classes):
     if pcfg[field] < 1:
       raise ValueError(f'prune.{field} must be >= 1, got {pcfg[field]}')
   parallel.check_batch(pcfg.batch_size, 'prune.batch_size')
+  channels = sum(base_spec.prunable)
+  if pcfg.rounds > channels:
+    raise ValueError(f'prune.rounds={pcfg.rounds} removes more channels than the '
+                     f'{channels} prunable channels of the base network')
   base = spec_lib.count_params(base_spec, num_classes)
   floor = spec_lib.count_params(base_spec.with_prunable([0] * len(base_spec.prunable)),
                                 num_classes)
@@ -114,14 +119,22 @@ def load_base(config, r: _Run):
     raise ValueError(f'no trained checkpoint in prune.base_workdir={base_dir!r}; train the base '
                      'network first (python -m launch.train --config=... --workdir=DIR) and '
                      'point --config.prune.base_workdir at DIR')
-  spec = ckpts.restore_spec()
-  model = r.model(spec)
   base_tx = train_lib.make_optimizer(config.train, r.run.steps_per_epoch)
-  template = jax.eval_shape(lambda k: train_lib.create_state(model, base_tx, k,
-                                                             r.ds.image_shape),
-                            jax.random.key(0))
-  state, _ = ckpts.restore(ckpt_lib.abstract(template, parallel.replicated(r.mesh)))
+
+  def load(step):
+    spec = ckpts.restore_spec(step)
+    model = r.model(spec)
+    template = jax.eval_shape(lambda k: train_lib.create_state(model, base_tx, k,
+                                                               r.ds.image_shape),
+                              jax.random.key(0))
+    return spec, ckpts.restore(ckpt_lib.abstract(template, parallel.replicated(r.mesh)), step)[0]
+
+  found = ckpts.restore_newest(load, quarantine=False)  # not this run's folder: only read it
   ckpts.close()
+  if found is None:
+    raise ValueError(f'no readable checkpoint in prune.base_workdir={base_dir!r} (see the '
+                     'warnings above)')
+  _, (spec, state) = found
   state = train_lib.TrainState(jnp.zeros((), jnp.int32), state.params, state.batch_stats,
                                r.tx.init(state.params))
   return spec, state
@@ -140,19 +153,28 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))
 
-  ckpts = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'), keep=2)
-  if ckpts.latest_step() is not None:
-    spec = ckpts.restore_spec()
-    ps, meta = ckpts.restore(ckpt_lib.abstract(r.template(spec), parallel.replicated(r.mesh)))
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  ckpts = ckpt_lib.Checkpoints(ckpt_dir, keep=2)
+
+  def load(step):
+    spec = ckpts.restore_spec(step)
+    return (spec, *ckpts.restore(ckpt_lib.abstract(r.template(spec),
+                                                   parallel.replicated(r.mesh)), step))
+
+  restored = ckpts.restore_newest(load)
+  if restored is not None:
+    _, (spec, ps, meta) = restored
     history, snapshots, orig = meta['history'], meta['snapshots'], meta['orig']
-    start_round = meta['round']
-    metrics_lib.log(f'resumed prune run at round {start_round} ({len(history)} removed)')
+    start_round, partial = meta['round'], meta.get('partial', 0)
+    pending = preempt.unpack_pending(meta.get('pending'))
+    metrics_lib.log(f'resumed prune run at round {start_round} (+{partial} steps, '
+                    f'{len(history)} removed)')
   else:
     spec, ps = base_spec, prune.init_prune_state(state, base_spec)
-    history, snapshots, start_round = [], [], 0
+    history, snapshots, start_round, partial, pending = [], [], 0, 0, []
     orig = {n: list(range(w)) for n, w in zip(spec.prunable_names, spec.prunable)}
-  writer = metrics_lib.Writer(workdir, resume_step=start_round * pcfg.prune_every
-                              if start_round else None)
+  resume_step = start_round * pcfg.prune_every + partial
+  writer = metrics_lib.Writer(workdir, resume_step=resume_step)
   nc, size = r.ds.num_classes, r.ds.image_shape[0]
   budgets = sorted((b for b in pcfg.budgets if b not in {s['budget'] for s in snapshots}),
                    reverse=True)
@@ -164,52 +186,83 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
   step_fn, eval_fn = r.compile(spec)
   progress = metrics_lib.Progress(pcfg.rounds, start_round, unit='round')
   key = jax.random.key(config.seed + 1)
-  t0, pending = time.perf_counter(), []
+  t0 = time.perf_counter()
   rnd = start_round
-  for rnd in range(start_round, pcfg.rounds):
-    first = rnd * pcfg.prune_every
-    for _, batch in train_lib.batches(r.ds, config.seed, pcfg.batch_size, first,
-                                      first + pcfg.prune_every, r.mesh):
-      ps, m = step_fn(ps, batch)
-      pending.append(m)
-    alive = {n: np.asarray(ps.mask[n]) > 0 for n in spec.prunable_names}
-    ctx = criteria.Context(spec, ps.train.params,
-                           jax.device_get(ps.saliency) if r.criterion.needs_fisher else None,
-                           jax.random.fold_in(key, rnd), pcfg, size, nc)
-    ranked = prune.rank(spec, r.criterion.fn(ctx), alive)
-    if not ranked:
-      metrics_lib.log(f'round {rnd}: no prunable channel left, stopping')
-      break
-    name, c, score = ranked[0]
-    mask = dict(ps.mask)
-    mask[name] = mask[name].at[c].set(0.0)
-    ps = ps.replace(mask=mask, saliency=jax.tree.map(jnp.zeros_like, ps.saliency))
-    live_spec = _mask_spec(spec, mask)
-    live_params = spec_lib.count_params(live_spec, nc)
-    history.append({'round': rnd, 'step': first + pcfg.prune_every, 'layer': name,
-                    'channel': int(orig[name][c]), 'score': score, 'params': live_params})
-    dead = sum(int(np.sum(~alive[n])) for n in spec.prunable_names) + 1
-    due = [b for b in budgets if live_params <= b]
-    if due or dead >= pcfg.compact_every:
-      ps, spec, orig = _compact(ps, spec, orig)
-      step_fn, eval_fn = r.compile(spec)
-    for b in due:
-      snapshots.append(_snapshot(r, ps, spec, history, b, eval_fn))
-      budgets.remove(b)
-    done = rnd + 1
-    if done % pcfg.log_every_rounds == 0 or done == pcfg.rounds:
-      means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
-      pending = []
-      writer.write(done * pcfg.prune_every, {**means, 'params': live_params, 'round': done})
-      metrics_lib.log(f'{progress.tick(done)}  params {live_params:,}  '
-                      f'loss {means["train_loss"]:.4f}  '
-                      f'last removed {name}[{history[-1]["channel"]}]')
-    if done % pcfg.checkpoint_every_rounds == 0 or done == pcfg.rounds:
-      ckpts.save(done, ps, spec, {'round': done, 'history': history, 'snapshots': snapshots,
-                                  'orig': orig})
-    if not budgets and pcfg.stop_after_last_budget:
-      metrics_lib.log('all budgets reached, stopping')
-      break
+
+  def save(step, **meta):
+    ckpts.save(step, ps, spec, {'history': history, 'snapshots': snapshots, 'orig': orig,
+                                'pending': preempt.pack_pending(pending), **meta})
+
+  def check(losses, first_step):  # the NaN/Inf guard, before a removal or a save
+    preempt.check_finite(losses, first_step, ps.train.params, f'prune run in {workdir}',
+                         ckpts.describe_latest)
+
+  def stop(what):  # after SIGTERM, once the state is saved: the launcher exits with 143
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+    raise preempt.Preempted(f'SIGTERM: saved {what} in {ckpt_dir}; run the same command '
+                            'again to resume')
+
+  with preempt.Preemption() as preemption:
+    for rnd in range(start_round, pcfg.rounds):
+      first = rnd * pcfg.prune_every
+      skip, partial, new = partial, 0, []
+      for step, batch in train_lib.batches(r.ds, config.seed, pcfg.batch_size, first + skip,
+                                           first + pcfg.prune_every, r.mesh):
+        ps, m = step_fn(ps, batch)
+        new.append(m)
+        if step + 1 < first + pcfg.prune_every and preemption.requested(step + 1):
+          new = jax.device_get(new)
+          check([m['train_loss'] for m in new], first + skip + 1)
+          pending.extend(new)
+          save(step + 1, round=rnd, partial=step + 1 - first)
+          stop(f'round {rnd} after {step + 1 - first} of its {pcfg.prune_every} steps')
+      new = jax.device_get(new)
+      check([m['train_loss'] for m in new], first + skip + 1)
+      pending.extend(new)
+      alive = {n: np.asarray(ps.mask[n]) > 0 for n in spec.prunable_names}
+      ctx = criteria.Context(spec, ps.train.params,
+                             jax.device_get(ps.saliency) if r.criterion.needs_fisher else None,
+                             jax.random.fold_in(key, rnd), pcfg, size, nc)
+      ranked = prune.rank(spec, r.criterion.fn(ctx), alive)
+      if not ranked:
+        metrics_lib.log(f'round {rnd}: no prunable channel left, stopping')
+        break
+      name, c, score = ranked[0]
+      mask = dict(ps.mask)
+      mask[name] = mask[name].at[c].set(0.0)
+      ps = ps.replace(mask=mask, saliency=jax.tree.map(jnp.zeros_like, ps.saliency))
+      live_spec = _mask_spec(spec, mask)
+      live_params = spec_lib.count_params(live_spec, nc)
+      history.append({'round': rnd, 'step': first + pcfg.prune_every, 'layer': name,
+                      'channel': int(orig[name][c]), 'score': score, 'params': live_params})
+      dead = sum(int(np.sum(~alive[n])) for n in spec.prunable_names) + 1
+      due = [b for b in budgets if live_params <= b]
+      if due or dead >= pcfg.compact_every:
+        ps, spec, orig = _compact(ps, spec, orig)
+        ps = parallel.replicate(r.mesh, ps)  # fresh masks are process-local arrays
+        step_fn, eval_fn = r.compile(spec)
+      for b in due:
+        snapshots.append(_snapshot(r, ps, spec, history, b, eval_fn))
+        budgets.remove(b)
+      done = rnd + 1
+      if done % pcfg.log_every_rounds == 0 or done == pcfg.rounds:
+        means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
+        pending = []
+        writer.write(done * pcfg.prune_every, {**means, 'params': live_params, 'round': done})
+        metrics_lib.log(f'{progress.tick(done)}  params {live_params:,}  '
+                        f'loss {means["train_loss"]:.4f}  '
+                        f'last removed {name}[{history[-1]["channel"]}]')
+      if done % pcfg.checkpoint_every_rounds == 0 or done == pcfg.rounds:
+        save(done * pcfg.prune_every, round=done)
+      if not budgets and pcfg.stop_after_last_budget:
+        metrics_lib.log('all budgets reached, stopping')
+        break
+      if done < pcfg.rounds and preemption.requested(done * pcfg.prune_every):
+        if done % pcfg.checkpoint_every_rounds:
+          save(done * pcfg.prune_every, round=done)
+        stop(f'{done} of {pcfg.rounds} rounds')
   ckpts.wait()
   ckpts.close()
   writer.close()

@@ -25,6 +25,7 @@ from jaxbud import data as data_lib
 from jaxbud import metrics as metrics_lib
 from jaxbud import models
 from jaxbud import parallel
+from jaxbud import preempt
 from jaxbud import spec as spec_lib
 
 SCHEDULES = ('multistep', 'cosine', 'constant')
@@ -156,13 +157,14 @@ def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> dict:
   """Test loss and error over the whole split (last batch padded and masked)."""
   n, sums = len(labels), None
   for start in range(0, n, batch_size):
-    idx = np.arange(start, min(start + batch_size, n))
-    pad = batch_size - len(idx)
+    rows = _local_rows({'i': np.arange(start, start + batch_size)})['i']  # read only these
+    idx = rows[rows < n]
+    pad = len(rows) - len(idx)
     batch = {'image': images[idx], 'label': labels[idx], 'mask': np.ones(len(idx), np.float32)}
     if pad:
       batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
                for k, v in batch.items()}
-    out = eval_step(state, parallel.put_batch(mesh, _local_rows(batch)))
+    out = eval_step(state, parallel.put_batch(mesh, batch))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   return {'test_loss': float(sums['loss'] / sums['count']),
@@ -187,8 +189,9 @@ def batches(ds: data_lib.Dataset, seed: int, batch_size: int, start: int, stop: 
     if i == 0 or step == start:
       order = epoch_order(seed, epoch, len(ds.train_labels))
     idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
+    idx = _local_rows({'i': idx})['i']  # each process reads (decodes) only its own rows
     batch = {'image': ds.train_images[idx], 'label': ds.train_labels[idx]}
-    yield step, parallel.put_batch(mesh, _local_rows(batch))
+    yield step, parallel.put_batch(mesh, batch)
 
 
 @dataclasses.dataclass
@@ -249,16 +252,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
   # matters when a study trains dozens of small networks.
   state = init(jax.random.key(config.seed, impl='rbg'))
   ckpts = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'), tcfg.keep_checkpoints)
-  start = ckpts.latest_step()
-  if start is not None:
-    saved = ckpts.restore_spec(start)
-    if saved != run.spec:
-      raise ValueError(f'checkpoint in {workdir} holds spec {saved.to_json()} but the config '
-                       f'gives {run.spec.to_json()}; use another --workdir')
-    state, _ = ckpts.restore(ckpt_lib.abstract(state), start)
+  start, pending = 0, []
+  restored = ckpts.restore_newest(functools.partial(_restore, ckpts, run.spec, state, workdir))
+  if restored is not None:
+    start, (state, meta) = restored
+    pending = preempt.unpack_pending(meta.get('pending'))
     metrics_lib.log(f'resumed from step {start} in {workdir}')
-  start = start or 0
-  writer = metrics_lib.Writer(workdir, resume_step=start if start else None)
+  writer = metrics_lib.Writer(workdir, resume_step=start)  # drops lines a killed run wrote
 
   train_step = jax.jit(make_train_step(run.model, run.tx, ds, seed=config.seed,
                                        crop_pad=config.data.crop_pad, flip=config.data.flip),
@@ -269,29 +269,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
   metrics_lib.log(f'{run.spec.family} spec {run.spec.to_json()}: '
                   f'{spec_lib.count_params(run.spec, ds.num_classes):,} params, '
                   f'{spe} steps/epoch, {total} steps')
-  pending, last = [], {}
+  last = {}
   t_start = time.perf_counter()
-  for step, batch in batches(ds, config.seed, tcfg.batch_size, start, total, mesh):
-    state, m = train_step(state, batch)
-    pending.append(m)
-    done = step + 1
-    if done % tcfg.log_every_steps == 0 or done % spe == 0 or done == total:
-      means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
-      pending = []
-      means['steps_per_s'] = progress.rate(done)
-      metrics_lib.log(f'{progress.tick(done)}  epoch {done / spe:.2f}  '
-                      f'loss {means["train_loss"]:.4f}  acc {means["train_accuracy"]:.4f}')
-      writer.write(done, means)
-    if done % spe == 0 or done == total:
-      ep = done // spe
-      if ep % tcfg.eval_every_epochs == 0 or done == total:
-        last = evaluate(eval_step, state, ds.test_images, ds.test_labels,
-                        tcfg.eval_batch_size, mesh)
-        metrics_lib.log(f'epoch {ep}: test error {last["test_error"]:.4f}, '
-                        f'test loss {last["test_loss"]:.4f}')
-        writer.write(done, {**last, 'epoch': ep})
-      if ep % tcfg.checkpoint_every_epochs == 0 or done == total:
-        ckpts.save(done, state, run.spec, {'epoch': ep})
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+
+  def check(done, pending, state):  # the NaN/Inf guard, before metrics or state are written
+    preempt.check_finite([m['train_loss'] for m in pending], done - len(pending) + 1,
+                         state.params, f'training in {workdir}',
+                         ckpts.describe_latest)
+
+  with preempt.Preemption() as preemption:
+    for step, batch in batches(ds, config.seed, tcfg.batch_size, start, total, mesh):
+      state, m = train_step(state, batch)
+      pending.append(m)
+      done, saved = step + 1, False
+      if done % tcfg.log_every_steps == 0 or done % spe == 0 or done == total:
+        pending = jax.device_get(pending)
+        check(done, pending, state)
+        means = jax.tree.map(lambda *xs: float(np.mean(xs)), *pending)
+        pending = []
+        means['steps_per_s'] = progress.rate(done)
+        metrics_lib.log(f'{progress.tick(done)}  epoch {done / spe:.2f}  '
+                        f'loss {means["train_loss"]:.4f}  acc {means["train_accuracy"]:.4f}')
+        writer.write(done, means)
+      if done % spe == 0 or done == total:
+        ep = done // spe
+        if ep % tcfg.eval_every_epochs == 0 or done == total:
+          last = evaluate(eval_step, state, ds.test_images, ds.test_labels,
+                          tcfg.eval_batch_size, mesh)
+          metrics_lib.log(f'epoch {ep}: test error {last["test_error"]:.4f}, '
+                          f'test loss {last["test_loss"]:.4f}')
+          writer.write(done, {**last, 'epoch': ep})
+        if ep % tcfg.checkpoint_every_epochs == 0 or done == total:
+          ckpts.save(done, state, run.spec, {'epoch': ep})
+          saved = True
+      if done < total and preemption.requested(done):
+        if not saved:
+          pending = jax.device_get(pending)
+          check(done, pending, state)
+          ckpts.save(done, state, run.spec, {'epoch': done / spe,
+                                             'pending': preempt.pack_pending(pending)})
+        ckpts.wait()
+        ckpts.close()
+        writer.close()
+        raise preempt.Preempted(f'SIGTERM: saved step {done} of {total} in {ckpt_dir}; run the '
+                                'same command again to resume')
   if not last:  # nothing left to train: report the restored state
     last = evaluate(eval_step, state, ds.test_images, ds.test_labels, tcfg.eval_batch_size, mesh)
   ckpts.wait()
@@ -304,3 +326,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
     with open(os.path.join(workdir, 'final.json'), 'w') as f:
       json.dump(final, f, indent=2)
   return final
+
+
+def _restore(ckpts, spec, template, workdir, step):
+  """(state, meta) of checkpoint `step`, which must hold `spec`."""
+  saved = ckpts.restore_spec(step)
+  if saved != spec:
+    raise ckpt_lib.MismatchError(
+        f'checkpoint step {step} in {workdir} holds spec {saved.to_json()} but the config gives '
+        f'{spec.to_json()}; use another --workdir (or the config that made the checkpoint)')
+  return ckpts.restore(ckpt_lib.abstract(template), step)
+

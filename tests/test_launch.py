@@ -1,14 +1,13 @@
-"""The train launcher as a user runs it: bad input, kill-and-resume, a prepared CIFAR data_dir."""
+"""The train launcher as a user runs it: bad input and a prepared CIFAR data_dir.
+
+Kill-and-resume of the launchers is in tests/test_reliability.py.
+"""
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from configs import default
-from jaxbud import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['--config.model.depth=10', '--config.model.widen=1']
@@ -39,37 +38,6 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, flags, messa
 def test_missing_config_file_is_exit_2(tmp_path):
   r = launch('--config=configs/nope.py', f'--workdir={tmp_path}/run')
   assert r.returncode == 2 and 'nope.py' in r.stderr and 'Traceback' not in r.stderr
-
-
-def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
-  workdir = tmp_path / 'killed'
-  args = ['--config=configs/default.py', f'--workdir={workdir}', *SMALL,
-          '--config.train.epochs=6']
-  proc = subprocess.Popen([sys.executable, '-m', 'launch.train', *args], cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt_dir = workdir / 'checkpoints'
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    steps = [int(p) for p in os.listdir(ckpt_dir) if p.isdigit()] if ckpt_dir.exists() else []
-    if steps and max(steps) >= 44:  # two of six epochs done
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, 'run finished before it could be killed'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (workdir / 'final.json').exists()
-
-  r = launch(*args)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert 'resumed from step' in r.stderr
-  resumed = __import__('json').load(open(workdir / 'final.json'))
-
-  c = default.get_config()
-  c.model.update(depth=10, widen=1.0)
-  c.train.epochs = 6
-  straight = train.train_and_evaluate(c, str(tmp_path / 'straight'))
-  assert resumed['test_loss'] == straight['test_loss']
-  assert resumed['test_error'] == straight['test_error']
 
 
 def test_wrn_40_2_cifar10_config_starts_on_a_prepared_data_dir(tmp_path):

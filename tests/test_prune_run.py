@@ -1,13 +1,11 @@
-"""Prune-and-tune runs on digits: snapshots, training a pruned spec from scratch, kill-and-resume."""
+"""Prune-and-tune runs on digits: snapshots, training a pruned spec from scratch, bad settings.
+
+Kill-and-resume of prune runs is in tests/test_reliability.py.
+"""
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
-import numpy as np
 import pytest
 
 from configs import prune_digits
@@ -15,9 +13,6 @@ from jaxbud import checkpoint as ckpt_lib
 from jaxbud import prune_tune
 from jaxbud import spec as spec_lib
 from jaxbud import train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE_FLAGS = ['--config.model.depth=10', '--config.train.epochs=2']
 
 
 def small_config(base_workdir, **prune):
@@ -81,36 +76,3 @@ def test_budget_above_the_base_and_missing_base_are_clear_errors(base, tmp_path)
   with pytest.raises(ValueError, match="unknown prune criterion 'l3'"):
     prune_tune.prune_and_tune(small_config(base, criterion='l3'), str(tmp_path / 'c'))
   assert not (tmp_path / 'a').exists() and not (tmp_path / 'nothing').exists()
-
-
-def test_killed_prune_run_resumes_with_the_same_history(base, tmp_path):
-  workdir = tmp_path / 'killed'
-  args = [sys.executable, '-m', 'launch.prune', '--config=configs/prune_digits.py',
-          f'--workdir={workdir}', f'--config.prune.base_workdir={base}', *BASE_FLAGS,
-          '--config.prune.prune_every=3', '--config.prune.rounds=30',
-          '--config.prune.budgets=(70000,60000)', '--config.prune.compact_every=8',
-          '--config.prune.checkpoint_every_rounds=5',
-          '--config.prune.stop_after_last_budget=False']
-  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt_dir = workdir / 'checkpoints'
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    steps = [int(p) for p in os.listdir(ckpt_dir) if p.isdigit()] if ckpt_dir.exists() else []
-    if steps and max(steps) >= 10:
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, 'prune run finished before it could be killed'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert 'resumed prune run at round' in r.stderr
-  resumed = json.load(open(workdir / 'history.json'))
-  straight = prune_tune.prune_and_tune(small_config(base), str(tmp_path / 'straight'))
-  expected = json.load(open(tmp_path / 'straight' / 'history.json'))
-  assert [(h['layer'], h['channel'], h['round']) for h in resumed] == \
-         [(h['layer'], h['channel'], h['round']) for h in expected]
-  np.testing.assert_allclose([h['score'] for h in resumed], [h['score'] for h in expected],
-                             rtol=1e-5)
-  assert straight['snapshots'][-1]['params'] == json.load(
-      open(workdir / 'summary.json'))['snapshots'][-1]['params']

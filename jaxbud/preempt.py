@@ -1,0 +1,91 @@
+"""Preemption (SIGTERM) and divergence (NaN/Inf) guards shared by the training and prune loops.
+
+A preempted TPU VM or a batch scheduler sends SIGTERM and kills the job a little later. The
+loops poll `Preemption.requested(step)` after every step; when it turns true they save a
+checkpoint of the current step and raise `Preempted`, which the launchers turn into exit status
+143 (128 + SIGTERM). Re-running the same command resumes from that checkpoint.
+
+With several processes every host must stop at the same step, because saving is collective.
+There JAX's own preemption sync point (the distributed runtime's coordination service, which
+receives the signal) decides; in a single process a SIGTERM handler sets a flag.
+"""
+import math
+import signal
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Preempted(Exception):
+  """The run saved a checkpoint after SIGTERM and stopped; re-run the command to resume."""
+
+
+class NonFiniteError(FloatingPointError):
+  """Loss or parameters became NaN/Inf; the run stopped without saving past its last good step."""
+
+
+class Preemption:
+  """Context manager: SIGTERM -> `requested(step)` becomes true (the same step on every host)."""
+
+  def __init__(self):
+    self._flag = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._flag.is_set()
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def check_finite(losses, first_step: int, params, where: str, last_good):
+  """Raises NonFiniteError if any of `losses` (steps first_step...) or `params` is NaN/Inf.
+
+  `last_good()` says where the last good checkpoint is (called only on failure).
+  """
+  bad = [first_step + i for i, x in enumerate(losses) if not math.isfinite(float(x))]
+  params_ok = bool(_all_finite(params))
+  if not bad and params_ok:
+    return
+  last = first_step + len(losses) - 1
+  what = (f'train loss first non-finite at step {bad[0]}' if bad
+          else 'parameters non-finite (loss still finite)')
+  raise NonFiniteError(f'{where} diverged between steps {first_step} and {last}: {what}. '
+                       f'Nothing was saved after it; {last_good()}. Lower the learning rate '
+                       f'(or use another seed) and re-run.')
+
+
+def pack_pending(pending: list) -> dict:
+  """Per-step metrics not yet averaged into a log line, as JSON for a checkpoint's meta.
+
+  Exact: every float32 is a float64, and unpacking gives float32 back, so the log line after a
+  resume averages the same numbers as an uninterrupted run.
+  """
+  keys = pending[0] if pending else {}
+  return {k: [float(np.float32(m[k])) for m in pending] for k in keys}
+
+
+def unpack_pending(packed: dict | None) -> list:
+  if not packed:
+    return []
+  n = len(next(iter(packed.values())))
+  return [{k: np.float32(v[i]) for k, v in packed.items()} for i in range(n)]
