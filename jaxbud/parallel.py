@@ -17,6 +17,16 @@ def data_sharded(mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
+def replicate(mesh, tree):
+  """`tree` (the same values in every process) as global arrays replicated over the mesh.
+
+  For arrays made eagerly in each process (`jnp.ones(...)`): Orbax saves only global arrays
+  when there are several processes, and `jax.device_put` of a process-local array onto a
+  multi-process sharding fails, so the copy goes through a jitted identity instead.
+  """
+  return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+
+
 def check_batch(batch_size: int, what: str = 'batch_size'):
   """Global batches split evenly over all devices, or the user hears why not."""
   n = jax.device_count()
