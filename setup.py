@@ -14,6 +14,9 @@ setuptools.setup(
         'optax>=0.2.5,<0.3',
         'orbax-checkpoint>=0.11,<0.13',
         'tensorflow-datasets>=4.9.8,<5',
+        # Streaming ImageNet input (jaxbud.data.stream); needs no TensorFlow. 0.2.15 added
+        # DatasetIterator.close, which stops the decoding processes.
+        'grain>=0.2.15,<0.3',
         'absl-py>=2.1',
         'ml_collections>=1.0',
         'numpy>=1.26',
