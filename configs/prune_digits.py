@@ -16,7 +16,7 @@ def prune_section(**overrides):
       criterion='fisher',    # fisher | fisher_cost | l1 | l1_signed | random | your own
       beta=0.0,              # fisher_cost: weight of the MACs saved by a removal
       prune_every=100,       # fine-tuning steps between removals (saliency accumulated over them)
-      rounds=1300,           # removals (one channel each); stops early if nothing is left
+      rounds=1300,           # removals (one channel each), at most the prunable channel count
       budgets=(),            # parameter counts at which compacted snapshots are saved
       stop_after_last_budget=False,
       compact_every=64,      # compact (and recompile) once this many channels are masked

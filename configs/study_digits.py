@@ -28,7 +28,7 @@ def study_section(**overrides):
 
 def get_config(arg=None):
   c = prune_digits.get_config(arg)
-  c.prune.update(rounds=400, stop_after_last_budget=True)
+  c.prune.update(rounds=224, stop_after_last_budget=True)  # every channel of WRN-16-1
   c.train.update(epochs=10, milestones=(5, 8), eval_every_epochs=10, checkpoint_every_epochs=5)
   c.study = study_section(budgets=(150_000, 120_000, 90_000), depths=(10,),
                           copycat_budget=120_000, seeds=(0, 1))

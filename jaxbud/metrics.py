@@ -45,6 +45,16 @@ def read(workdir) -> list[dict]:
     return [json.loads(l) for l in f if l.strip()]
 
 
+def make_workdir(workdir) -> None:
+  """Creates `workdir` (and parents), or raises a ValueError saying why it cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'cannot create workdir {workdir}: {e.strerror or e}') from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ValueError(f'workdir {workdir} is not writable')
+
+
 def format_seconds(s: float) -> str:
   s = int(round(s))
   return f'{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}'

@@ -148,7 +148,7 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
   r = _Run(config, workdir, run)
   base_spec, state = load_base(config, r)
   _validate(config, base_spec, r.ds.num_classes)
-  os.makedirs(workdir, exist_ok=True)
+  metrics_lib.make_workdir(workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))

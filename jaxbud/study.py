@@ -241,7 +241,7 @@ def run_study(config, workdir: str) -> dict:
   """Runs (or continues) the whole study and writes its report; returns the report's facts."""
   from jaxbud import report  # pylint: disable=g-import-not-at-top
   study = Study(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
+  metrics_lib.make_workdir(workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))

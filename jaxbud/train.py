@@ -238,11 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
   """Trains (or resumes) the run in `workdir`; returns the final metrics dict."""
   run = run or setup(config)
   ds, tcfg = run.dataset, config.train
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json(indent=2))
-    spec_lib.save(run.spec, os.path.join(workdir, 'spec.json'))
+  metrics_lib.make_workdir(workdir)
 
   mesh = parallel.make_mesh()
   repl = parallel.replicated(mesh)
@@ -258,6 +254,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
     start, (state, meta) = restored
     pending = preempt.unpack_pending(meta.get('pending'))
     metrics_lib.log(f'resumed from step {start} in {workdir}')
+  if jax.process_index() == 0:  # after the checks above: a refused run changes nothing
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json(indent=2))
+    spec_lib.save(run.spec, os.path.join(workdir, 'spec.json'))
   writer = metrics_lib.Writer(workdir, resume_step=start)  # drops lines a killed run wrote
 
   train_step = jax.jit(make_train_step(run.model, run.tx, ds, seed=config.seed,

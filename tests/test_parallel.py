@@ -25,11 +25,18 @@ c.prune.update(base_workdir=base, prune_every=3, rounds=12, budgets=(70_000,),
                compact_every=6, stop_after_last_budget=False, checkpoint_every_rounds=12)
 final = train.train_and_evaluate(c, base)  # trained by the first run, reused by the second
 summary = prune_tune.prune_and_tune(c, workdir + '/prune')
+c.train.batch_size = 126
+try:
+  train.setup(c)
+  batch_error = None
+except ValueError as e:
+  batch_error = str(e)
 history = json.load(open(workdir + '/prune/history.json'))
 print(json.dumps({'devices': jax.device_count(), 'base_loss': final['test_loss'],
                   'history': [(h['layer'], h['channel']) for h in history],
                   'scores': [h['score'] for h in history],
-                  'snapshot_error': summary['snapshots'][0]['test_error']}))
+                  'snapshot_error': summary['snapshots'][0]['test_error'],
+                  'batch_error': batch_error}))
 '''
 
 
@@ -49,3 +56,5 @@ def test_prune_decisions_do_not_depend_on_the_device_count(tmp_path):
   assert four['history'] == one['history']
   np.testing.assert_allclose(four['scores'], one['scores'], rtol=1e-3)
   assert abs(four['snapshot_error'] - one['snapshot_error']) <= 1 / 360 + 1e-9
+  assert one['batch_error'] is None
+  assert four['batch_error'] == 'train.batch_size=126 must be divisible by the device count 4'

@@ -219,16 +219,21 @@ def test_damaged_run_checkpoint_resumes_from_the_previous_epoch(tmp_path, caplog
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['44', '88', '88.unreadable']
 
 
+def files_and_mtimes(path) -> dict:
+  return {os.path.join(r, f): os.stat(os.path.join(r, f)).st_mtime_ns
+          for r, _, fs in os.walk(path) for f in fs}
+
+
 def test_checkpoint_of_another_spec_is_an_error_naming_both(tmp_path):
   workdir = tmp_path / 'run'
   train.train_and_evaluate(train_config(epochs=1), str(workdir))
-  before = sorted(os.listdir(workdir / 'checkpoints'))
+  before = files_and_mtimes(workdir)
   c = train_config(epochs=1)
   c.model.widen = 2.0
   with pytest.raises(ValueError, match=r'holds spec .*"inner":\[16,32,64\].* but the config '
                                        r'gives .*"inner":\[32,64,128\]'):
     train.train_and_evaluate(c, str(workdir))
-  assert sorted(os.listdir(workdir / 'checkpoints')) == before  # nothing set aside or deleted
+  assert files_and_mtimes(workdir) == before  # config.json, spec.json, checkpoints untouched
 
 
 def test_divergence_stops_with_the_step_range_and_keeps_the_last_good_checkpoint(tmp_path):
