@@ -177,8 +177,7 @@ def _local_rows(batch: dict) -> dict:
   return {k: v[len(v) * p // n:len(v) * (p + 1) // n] for k, v in batch.items()}
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(n)
+epoch_order = data_lib.epoch_order
 
 
 def batches(ds: data_lib.Dataset, seed: int, batch_size: int, start: int, stop: int, mesh):
@@ -191,6 +190,20 @@ def batches(ds: data_lib.Dataset, seed: int, batch_size: int, start: int, stop: 
     idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
     idx = _local_rows({'i': idx})['i']  # each process reads (decodes) only its own rows
     batch = {'image': ds.train_images[idx], 'label': ds.train_labels[idx]}
+    yield step, parallel.put_batch(mesh, batch)
+
+
+def train_batches(config, ds: data_lib.Dataset, start: int, stop: int, mesh):
+  """`batches`, or for ImageNet the same steps streamed, cropped and flipped by workers."""
+  dcfg, tcfg = config.data, config.train
+  if dcfg.name != 'imagenet2012':
+    yield from batches(ds, config.seed, tcfg.batch_size, start, stop, mesh)
+    return
+  from jaxbud.data import stream  # pylint: disable=g-import-not-at-top
+  source = stream.open_source(dcfg.name, 'train', dcfg.data_dir or None)
+  for step, batch in stream.train_batches(
+      source, seed=config.seed, batch_size=tcfg.batch_size, start=start, stop=stop,
+      image_size=dcfg.image_size, flip=dcfg.flip, workers=dcfg.get('stream_workers', 0)):
     yield step, parallel.put_batch(mesh, batch)
 
 
@@ -260,8 +273,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
     spec_lib.save(run.spec, os.path.join(workdir, 'spec.json'))
   writer = metrics_lib.Writer(workdir, resume_step=start)  # drops lines a killed run wrote
 
+  # Streamed ImageNet batches come cropped and flipped from the host.
+  flip = config.data.flip and config.data.name != 'imagenet2012'
   train_step = jax.jit(make_train_step(run.model, run.tx, ds, seed=config.seed,
-                                       crop_pad=config.data.crop_pad, flip=config.data.flip),
+                                       crop_pad=config.data.crop_pad, flip=flip),
                        donate_argnums=0)
   eval_step = jax.jit(make_eval_step(run.model, ds))
   spe, total = run.steps_per_epoch, run.total_steps
@@ -279,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
                          ckpts.describe_latest)
 
   with preempt.Preemption() as preemption:
-    for step, batch in batches(ds, config.seed, tcfg.batch_size, start, total, mesh):
+    for step, batch in train_batches(config, ds, start, total, mesh):
       state, m = train_step(state, batch)
       pending.append(m)
       done, saved = step + 1, False

@@ -74,6 +74,8 @@ def interrupt_and_finish(args, workdir, seed, window_s):
     if sig == signal.SIGTERM and proc.returncode != 0:  # 0: it finished meanwhile
       assert proc.returncode == 143, (log, err[-3000:])
       assert 'preempted: SIGTERM: saved' in err, (log, err[-3000:])
+      log.append(err.strip().splitlines()[-1])
+  print('\n'.join(log))
   r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, (log, r.stderr[-3000:])
   return r.stderr, log

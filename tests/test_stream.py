@@ -287,3 +287,21 @@ def test_bench_entry_runs(capsys):
                '--batch', '4', '--size', '16', '--epochs', '1'])
   out = capsys.readouterr().out
   assert 'serial' in out and 'train_batches  workers 0' in out and 'images/s' in out
+
+
+def test_imagenet_config_trains_on_the_stream_and_resumes(imagenet, tmp_path):
+  """The config's training loop reads the stream (cropped, flipped on the host) and resumes."""
+  from configs import resnet50_imagenet  # pylint: disable=g-import-not-at-top
+  c = resnet50_imagenet.get_config()
+  c.model.update(depth=18, bottleneck_scale=0.125)  # the ImageNet recipe on a net that compiles fast
+  c.data.update(data_dir=imagenet[0], image_size=SIZE, stream_workers=0)
+  c.train.update(epochs=1, batch_size=BATCH, eval_batch_size=NUM_VAL, log_every_steps=1)
+  workdir = str(tmp_path / 'run')
+  first = train.train_and_evaluate(c, workdir)
+  assert first['step'] == NUM_TRAIN // BATCH
+  c.train.epochs = 2
+  resumed = train.train_and_evaluate(c, workdir)
+  straight = train.train_and_evaluate(c, str(tmp_path / 'straight'))
+  assert resumed['step'] == 2 * NUM_TRAIN // BATCH
+  assert (resumed['test_loss'], resumed['test_error']) == (
+      straight['test_loss'], straight['test_error'])

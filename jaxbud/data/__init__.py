@@ -31,6 +31,12 @@ class Dataset:
     return tuple(self.train_images.shape[1:])
 
 
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The record order of training epoch `epoch`: a permutation seeded by (seed, epoch) alone,
+  so that a resumed run, or the streaming pipeline, reads exactly the same batches."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """Per-channel mean and std (0..255 scale) of a uint8 NHWC array."""
   c = images.shape[-1]

@@ -29,6 +29,8 @@ import grain
 import numpy as np
 from PIL import Image
 
+from jaxbud import data as data_lib
+
 AREA_RANGE = (0.08, 1.0)      # crop area as a fraction of the image area
 ASPECT_RANGE = (3 / 4, 4 / 3)  # crop width / height, drawn log-uniformly
 EVAL_CROP = 0.875             # centre crop side / shorter side: 224 of 256
@@ -50,11 +52,6 @@ def open_source(name: str = 'imagenet2012', split: str = 'train', data_dir: str 
                      '(see docs/data.md)')
   return tfds_data._data_source(  # pylint: disable=protected-access
       builder, split, decoders={'image': tfds.decode.SkipDecoding()})
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-  """The record order of an epoch; the same permutation as jaxbud.train.epoch_order."""
-  return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def center_box(width: float, height: float, fraction: float) -> tuple[float, ...]:
@@ -156,7 +153,7 @@ class _TrainStep:
     epoch, i = divmod(step, self.n // self.batch_size)
     cached, order = self._order
     if cached != epoch:
-      order = epoch_order(self.seed, epoch, self.n)
+      order = data_lib.epoch_order(self.seed, epoch, self.n)
       self._order = (epoch, order)
     return np.sort(order[i * self.batch_size:(i + 1) * self.batch_size])
 
