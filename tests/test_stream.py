@@ -293,7 +293,7 @@ def test_imagenet_config_trains_on_the_stream_and_resumes(imagenet, tmp_path):
   """The config's training loop reads the stream (cropped, flipped on the host) and resumes."""
   from configs import resnet50_imagenet  # pylint: disable=g-import-not-at-top
   c = resnet50_imagenet.get_config()
-  c.model.update(depth=18, bottleneck_scale=0.125)  # the ImageNet recipe on a net that compiles fast
+  c.model.update(depth=18, bottleneck_scale=0.125)  # the ImageNet recipe, a fast-compiling net
   c.data.update(data_dir=imagenet[0], image_size=SIZE, stream_workers=0)
   c.train.update(epochs=1, batch_size=BATCH, eval_batch_size=NUM_VAL, log_every_steps=1)
   workdir = str(tmp_path / 'run')
