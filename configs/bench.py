@@ -24,7 +24,7 @@ def bench_section(**overrides):
       num_classes=0,                # 0: 10 for CIFAR families, 1000 for resnet
       measure_peak=True,            # time a peak_n^2 float matmul as the FLOP/s reference
       peak_n=2048,
-      xla_options='',               # per-compile XLA options 'name=value;...', see docs/benchmarks.md
+      xla_options='',               # '': jaxbud's (as training), 'xla': XLA's, or 'name=value;...'
       out_dir='/tmp/jaxbud/bench',  # bench.json and bench.csv go here
   ))
   b.update(overrides)

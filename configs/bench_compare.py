@@ -16,7 +16,7 @@ def get_config(arg=None):
       repeats=5,
       warmup=1,
       measure_peak=True,
-      xla_options='',  # per-compile XLA options 'name=value;...' for the jaxbud side
+      xla_options='',  # jaxbud side: '' as training, 'xla': XLA's defaults, or 'name=value;...'
       torch_script='../shared/peers/torch_reference.py',  # relative to the repo root
       out_dir='/tmp/jaxbud/bench_compare',
   ))

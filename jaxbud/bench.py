@@ -18,8 +18,9 @@ meaningful. Inputs are random uint8 images; the data pipeline is not part of any
 FLOP convention: XLA's `cost_analysis()['flops']` counts a multiply-add as 2 flops, so for
 inference `xla_flops ~= 2 * batch * macs` (the spec's count_macs) plus the small elementwise
 work; `xla_flops_over_2macs` shows that ratio. It is a little under 1 for 3x3 convs on small
-maps because XLA does not count the taps that fall on zero padding, while count_macs does. Achieved FLOP/s is XLA's flops over the median
-time, set against a measured matmul peak (`peak_matmul`).
+maps because XLA does not count the taps that fall on zero padding, while count_macs does.
+Achieved FLOP/s is XLA's flops over the median time, set against a measured matmul peak
+(`peak_matmul`).
 """
 import csv
 import dataclasses
@@ -154,6 +155,19 @@ def parse_xla_options(text: str) -> dict:
   return opts
 
 
+def resolve_xla_options(text: str) -> dict:
+  """The options a bench compiles with: '' -> jaxbud's defaults (`parallel.compiler_options`,
+  the same as training uses), 'xla' -> XLA's own defaults, otherwise `parse_xla_options`."""
+  text = str(text or '').strip()
+  if not text:
+    return dict(parallel.compiler_options() or {})
+  return {} if text == 'xla' else parse_xla_options(text)
+
+
+def describe_xla_options(options: dict) -> str:
+  return ';'.join(f'{k}={v}' for k, v in sorted(options.items())) or 'xla defaults'
+
+
 def _compile(fn, args, donate=(), options=None):
   start = time.perf_counter()
   compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile(compiler_options=options)
@@ -172,7 +186,7 @@ def peak_matmul(n: int = 2048, dtype: str = 'float32', repeats: int = 5, warmup:
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
   compiled, _ = _compile(lambda x, y: jnp.dot(x, y, preferred_element_type=dt), (a, b),
-                         options=parse_xla_options(xla_options) or None)
+                         options=resolve_xla_options(xla_options) or None)
   for _ in range(warmup):
     compiled(a, b).block_until_ready()
   times = []
@@ -272,7 +286,7 @@ def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',
                log=print) -> list[dict]:
   """Rows (one per mode, batch size and dtype) for one spec; see the module docstring."""
   spec = named.spec
-  options = parse_xla_options(xla_options) or None
+  options = resolve_xla_options(xla_options) or None
   image_size = image_size or default_image_size(spec)
   num_classes = num_classes or default_num_classes(spec)
   params = spec_lib.count_params(spec, num_classes)
@@ -310,7 +324,8 @@ def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',
             'repeats': repeats, 'warmup': warmup,
             'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count(),
             'devices_used': devices_used, 'backend': jax.default_backend(),
-            'jax_version': jax.__version__, 'xla_options': xla_options,
+            'jax_version': jax.__version__,
+            'xla_options': describe_xla_options(options or {}),
             'xla_flags_env': os.environ.get('XLA_FLAGS', ''),
             'spec_json': spec_lib.to_json(spec),
         }
@@ -331,7 +346,7 @@ def run(bcfg, log=print) -> list[dict]:
     raise ValueError(f'bench.specs is empty; give one or more of: {SPEC_FORMS}')
   named = [parse_spec(s) for s in specs]  # every entry checked before anything runs
   xla_options = bcfg.get('xla_options', '')
-  parse_xla_options(xla_options)
+  resolve_xla_options(xla_options)
   peaks = {d: peak_matmul(bcfg.get('peak_n', 2048), d, xla_options=xla_options)
            for d in dtypes} if bcfg.get('measure_peak', True) else {}
   if log:
@@ -367,7 +382,7 @@ _COLUMNS = (  # (header, key, width, format spec); '<' marks left-aligned text c
     ('dtype', 'dtype', 8, '<'), ('params', 'params', 10, ','),
     ('compile_s', 'compile_s', 9, '.2f'), ('median_s', 'median_s', 9, '.4f'),
     ('min_s', 'min_s', 8, '.4f'), ('max_s', 'max_s', 8, '.4f'),
-    ('img/s', 'images_per_s', 8, '.1f'), ('vs_train', 'vs_train', 8, '.3f'),
+    ('img/s', 'images_per_s', 10, '.1f'), ('vs_train', 'vs_train', 8, '.3f'),
     ('GFLOP/s', 'achieved_gflops', 8, '.1f'), ('%peak', 'peak_fraction', 6, '.1%'),
     ('flops/2MAC', 'xla_flops_over_2macs', 10, '.3f'),
 )
@@ -471,7 +486,7 @@ def compare(ccfg, log=print) -> tuple[list[dict], dict]:
     raise ValueError(f'no torch reference script at {ccfg.torch_script} '
                      '(set --config.compare.torch_script)')
   xla_options = ccfg.get('xla_options', '')
-  parse_xla_options(xla_options)
+  resolve_xla_options(xla_options)
   peaks = ({'float32': peak_matmul(xla_options=xla_options)}
            if ccfg.get('measure_peak', True) else {})
   rows, torch_results = [], {}

@@ -13,6 +13,7 @@ import time
 import jax
 
 from jaxbud import metrics as metrics_lib
+from jaxbud import parallel
 from jaxbud import prune_tune
 from jaxbud import train as train_lib
 
@@ -31,9 +32,9 @@ def compare(config, workdir: str) -> dict:
   steps = pcfg.rounds * pcfg.prune_every
 
   t0 = time.perf_counter()
-  step = jax.jit(train_lib.make_train_step(r.model(spec), r.tx, run.dataset, seed=config.seed,
-                                           crop_pad=config.data.crop_pad,
-                                           flip=config.data.flip), donate_argnums=0)
+  step = parallel.jit(train_lib.make_train_step(
+      r.model(spec), r.tx, run.dataset, seed=config.seed, crop_pad=config.data.crop_pad,
+      flip=config.data.flip), donate_argnums=0)
   for _, batch in train_lib.batches(run.dataset, config.seed, pcfg.batch_size, 0, steps,
                                     r.mesh):
     state, m = step(state, batch)

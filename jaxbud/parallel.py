@@ -1,4 +1,10 @@
-"""The one device mesh: params replicated, batches sharded over the 'data' axis."""
+"""The one device mesh: params replicated, batches sharded over the 'data' axis.
+
+Also the XLA options jaxbud's steps are compiled with (`compiler_options`).
+"""
+import functools
+import os
+
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
@@ -39,3 +45,31 @@ def put_batch(mesh, batch: dict) -> dict:
   sharding = data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
+
+
+# XLA:CPU in jaxlib 0.10 runs convolutions in YNNPACK fusions, which keep about 1.2 of 2 cores
+# busy; with them off (Eigen convolutions) the WRN-40-2 train step is 1.3-1.4x faster and the
+# Fisher step overhead drops to a few percent (docs/benchmarks.md). JAXBUD_CPU_YNNPACK=1 keeps
+# XLA's own default.
+CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+@functools.cache
+def compiler_options() -> dict | None:
+  """Per-compilation XLA options for the train, prune, eval and benchmark steps (None: XLA's).
+
+  Only on the CPU backend, and only where this jaxlib knows the option (it is checked by
+  compiling a trivial program once), so other backends and versions are unaffected.
+  """
+  if jax.default_backend() != 'cpu' or os.environ.get('JAXBUD_CPU_YNNPACK') == '1':
+    return None
+  try:
+    jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=CPU_OPTIONS)
+  except Exception:  # pylint: disable=broad-except  # an XLA without this option
+    return None
+  return dict(CPU_OPTIONS)
+
+
+def jit(fn, **kwargs):
+  """jax.jit with jaxbud's `compiler_options` (see above)."""
+  return jax.jit(fn, compiler_options=compiler_options(), **kwargs)

@@ -83,8 +83,8 @@ class _Run:
     step = prune.make_prune_step(model, self.tx, self.ds, seed=self.config.seed,
                                  crop_pad=self.config.data.crop_pad, flip=self.config.data.flip,
                                  fisher=self.criterion.needs_fisher)
-    return (jax.jit(step, donate_argnums=0),
-            jax.jit(train_lib.make_eval_step(model, self.ds)))
+    return (parallel.jit(step, donate_argnums=0),
+            parallel.jit(train_lib.make_eval_step(model, self.ds)))
 
   def template(self, spec):
     model = self.model(spec)

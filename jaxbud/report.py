@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxbud import metrics as metrics_lib
 from jaxbud import models
+from jaxbud import parallel
 from jaxbud import spec as spec_lib
 
 COLUMNS = ('arm', 'family', 'budget', 'params', 'macs', 'test_error', 'test_error_std', 'seeds',
@@ -39,7 +40,7 @@ def inference_latency(spec, batch_sizes, image_shape, num_classes, repeats) -> d
   out = {}
   for b in batch_sizes:
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (b, *image_shape)), jnp.float32)
-    fn = jax.jit(model.apply).lower(variables, x).compile()
+    fn = parallel.jit(model.apply).lower(variables, x).compile()
     jax.block_until_ready(fn(variables, x))  # warm-up
     times = []
     for _ in range(repeats):

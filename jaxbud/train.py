@@ -275,10 +275,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
 
   # Streamed ImageNet batches come cropped and flipped from the host.
   flip = config.data.flip and config.data.name != 'imagenet2012'
-  train_step = jax.jit(make_train_step(run.model, run.tx, ds, seed=config.seed,
+  train_step = parallel.jit(make_train_step(run.model, run.tx, ds, seed=config.seed,
                                        crop_pad=config.data.crop_pad, flip=flip),
                        donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(run.model, ds))
+  eval_step = parallel.jit(make_eval_step(run.model, ds))
   spe, total = run.steps_per_epoch, run.total_steps
   progress = metrics_lib.Progress(total, start)
   metrics_lib.log(f'{run.spec.family} spec {run.spec.to_json()}: '

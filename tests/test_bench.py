@@ -10,6 +10,7 @@ import pytest
 from configs import bench as bench_config
 from configs import bench_reduced_vs_pruned
 from jaxbud import bench
+from jaxbud import parallel
 from jaxbud import spec as spec_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,3 +152,17 @@ def test_xla_options_parse_and_bad_ones_raise():
     bench.parse_xla_options('fast')
   with pytest.raises(ValueError, match='XLA rejected options'):
     bench.parse_xla_options('xla_cpu_experimental_ynn_fusion_type=nonsense')
+
+
+def test_bench_compiles_like_training_unless_told_otherwise(monkeypatch):
+  # On CPU jaxbud compiles its steps with YNNPACK fusions off (jaxbud.parallel); the bench's
+  # default is the same, 'xla' gives XLA's own defaults.
+  assert bench.resolve_xla_options('') == parallel.CPU_OPTIONS == parallel.compiler_options()
+  assert bench.resolve_xla_options('xla') == {}
+  assert bench.describe_xla_options({}) == 'xla defaults'
+  monkeypatch.setenv('JAXBUD_CPU_YNNPACK', '1')
+  parallel.compiler_options.cache_clear()
+  try:
+    assert parallel.compiler_options() is None and bench.resolve_xla_options('') == {}
+  finally:
+    parallel.compiler_options.cache_clear()
