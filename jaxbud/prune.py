@@ -130,7 +130,8 @@ class PruneState(flax.struct.PyTreeNode):
   """A fine-tuning state plus, per prunable layer, the live mask and accumulated saliency."""
   train: train_lib.TrainState
   mask: dict      # {name: (C,) float32}, 1 for live channels
-  saliency: dict  # {name: (C,) float32}, Fisher saliency summed since the last removal
+  saliency: dict  # {name: (C,) float32}, Fisher saliency summed since the last removal (0 where
+                  # masked: models.gate gives no gradient through a zero gate, and rank skips them)
 
 
 def init_prune_state(state: train_lib.TrainState, spec: spec_lib.Spec) -> PruneState:
@@ -153,7 +154,7 @@ def make_prune_step(model, tx, ds, *, seed: int, crop_pad: int, flip: bool,
 
   def prune_step(ps: PruneState, batch):
     n = batch['label'].shape[0]
-    # Per-example gates of ones on live channels: the gradient wrt gate (n, c) is g_nc.
+    # Per-example gates, 1 on live channels: the gradient wrt gate (n, c) is g_nc (0 if masked).
     gates = {k: jnp.broadcast_to(m, (n, m.shape[0])) for k, m in ps.mask.items()}
     x = preprocess(ps.train.step, batch['image'])
     state, metrics, gate_grads = update(ps.train, x, batch['label'], gates)
