@@ -2,6 +2,7 @@
 import csv
 import os
 
+import jax.numpy as jnp
 import pytest
 
 from configs import study_digits
@@ -63,3 +64,12 @@ def test_tiny_study_writes_the_report_and_reuses_finished_runs(tmp_path):
   stamps = {p: os.stat(p).st_mtime_ns for p in finals}
   study.run_study(c, str(tmp_path))
   assert {p: os.stat(p).st_mtime_ns for p in finals} == stamps
+
+
+def test_equal_test_errors_are_a_tie_not_a_win():
+  from jaxbud import report  # pylint: disable=g-import-not-at-top
+  two_seed_mean = {'test_error': (3 / 360 + 5 / 360) / 2}  # 1.11% as a mean of two seeds
+  one_run = {'test_error': float(jnp.float32(4 / 360))}    # 1.11% as one float32 run
+  assert not report._less(two_seed_mean, one_run)  # pylint: disable=protected-access
+  assert not report._less(one_run, two_seed_mean)  # pylint: disable=protected-access
+  assert report._less({'test_error': 3 / 360}, one_run)  # pylint: disable=protected-access
