@@ -9,7 +9,8 @@ budgets hold the compacted network, its spec, the prune history and its test err
 Layout of a run's workdir:
   checkpoints/            the run's own state (resume point), with the current spec
   snapshots/<params>/     spec.json, result.json, history.json, checkpoint/
-  history.json            every removal: round, step, layer, original channel index, score
+  history.json            every removal: round, step, layer, original channel index, score,
+                          the runner-up [layer, channel, score]
   summary.json            snapshots, compilations, timings
 """
 import json
@@ -235,8 +236,12 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
       ps = ps.replace(mask=mask, saliency=jax.tree.map(jnp.zeros_like, ps.saliency))
       live_spec = _mask_spec(spec, mask)
       live_params = spec_lib.count_params(live_spec, nc)
+      # The runner-up says how decisive the removal was (near ties flip under float rounding).
+      runner_up = ([ranked[1][0], int(orig[ranked[1][0]][ranked[1][1]]), ranked[1][2]]
+                   if len(ranked) > 1 else None)
       history.append({'round': rnd, 'step': first + pcfg.prune_every, 'layer': name,
-                      'channel': int(orig[name][c]), 'score': score, 'params': live_params})
+                      'channel': int(orig[name][c]), 'score': score, 'params': live_params,
+                      'runner_up': runner_up})
       dead = sum(int(np.sum(~alive[n])) for n in spec.prunable_names) + 1
       due = [b for b in budgets if live_params <= b]
       if due or dead >= pcfg.compact_every:

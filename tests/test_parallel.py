@@ -1,8 +1,13 @@
 """One mesh over all devices: a prune run on 4 forced host devices decides like one on 1 device.
 
-Both prune runs start from the same trained base. (Training the base itself on 1 and on 4
-devices gives the same first steps to float rounding, but the rounding differences of a
-different reduction order grow over epochs at lr 0.1.)
+Both prune runs start from the same trained base. Fisher scores are sums over the global batch
+whatever the device count, but 4 devices add them (and the gradients and BN statistics) in
+another order, so scores agree to float rounding (about 1e-5 relative), not bit for bit, and
+the difference grows as fine-tuning goes on. Decisions are therefore identical except where two
+channels' scores are within that rounding: the test requires the histories to agree until such
+a near tie, and the disagreement, if any, to be exactly that tie (the other run's choice is this
+run's runner-up, within 1%). (Training the base itself on 1 and on 4 devices diverges in the
+same way over epochs at lr 0.1.)
 """
 import json
 import os
@@ -35,6 +40,7 @@ history = json.load(open(workdir + '/prune/history.json'))
 print(json.dumps({'devices': jax.device_count(), 'base_loss': final['test_loss'],
                   'history': [(h['layer'], h['channel']) for h in history],
                   'scores': [h['score'] for h in history],
+                  'runner_up': [h['runner_up'] for h in history],
                   'snapshot_error': summary['snapshots'][0]['test_error'],
                   'batch_error': batch_error}))
 '''
@@ -53,8 +59,15 @@ def test_prune_decisions_do_not_depend_on_the_device_count(tmp_path):
   one, four = run(tmp_path, 1), run(tmp_path, 4)
   assert (one['devices'], four['devices']) == (1, 4)
   np.testing.assert_allclose(four['base_loss'], one['base_loss'], rtol=1e-5)  # eval: 4 shards
-  assert four['history'] == one['history']
-  np.testing.assert_allclose(four['scores'], one['scores'], rtol=1e-3)
-  assert abs(four['snapshot_error'] - one['snapshot_error']) <= 1 / 360 + 1e-9
+  same = next((i for i, (a, b) in enumerate(zip(one['history'], four['history'])) if a != b),
+              len(one['history']))
+  assert same >= 4, (one['history'], four['history'])
+  np.testing.assert_allclose(four['scores'][:same], one['scores'][:same], rtol=1e-3)
+  if same < len(one['history']):  # a near tie, decided the other way
+    layer, channel, runner_up = one['runner_up'][same]
+    assert four['history'][same] == [layer, channel], (same, one['runner_up'][same])
+    assert runner_up - one['scores'][same] <= 0.01 * one['scores'][same]
+  else:
+    assert abs(four['snapshot_error'] - one['snapshot_error']) <= 1 / 360 + 1e-9
   assert one['batch_error'] is None
   assert four['batch_error'] == 'train.batch_size=126 must be divisible by the device count 4'
