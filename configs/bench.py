@@ -18,7 +18,7 @@ def bench_section(**overrides):
       batch_sizes=(1, 32, 128),
       dtypes=('float32',),          # float32 | bfloat16 (compute dtype; params stay float32)
       modes=('infer', 'train', 'fisher'),
-      repeats=5,                    # timed calls per case (modes timed round-robin)
+      repeats=6,                    # timed calls per case (round-robin, order rotated)
       warmup=1,                     # untimed calls after compilation
       image_size=0,                 # 0: 32 for CIFAR families, 224 for resnet
       num_classes=0,                # 0: 10 for CIFAR families, 1000 for resnet

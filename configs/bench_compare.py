@@ -13,7 +13,7 @@ def get_config(arg=None):
   c.compare = ml_collections.ConfigDict(dict(
       pairs=('wrn-40-2@128', 'densenet_bc-100-12@64', 'densenet_bc-100-12@128'),
       modes=('infer', 'train', 'fisher'),  # torch times infer and train only
-      repeats=5,
+      repeats=6,  # a multiple of the 3 modes (the round-robin order rotates)
       warmup=1,
       measure_peak=True,
       xla_options='',  # jaxbud side: '' as training, 'xla': XLA's defaults, or 'name=value;...'

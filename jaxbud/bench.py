@@ -7,7 +7,8 @@ For each (spec, batch size, dtype) every requested mode is compiled ahead of tim
 (`jax.jit(f).lower(...).compile()`, timed separately), warmed up, then timed `repeats` times
 with `block_until_ready`. The modes of one (spec, batch, dtype) are timed round-robin, call by
 call, so background load on a shared machine hits them alike and the Fisher/train ratio stays
-meaningful. Inputs are random uint8 images; the data pipeline is not part of any figure.
+meaningful; the order rotates every round, because a call's time depends on which step ran just
+before it (use a multiple of the number of modes as `repeats`). Inputs are random uint8 images; the data pipeline is not part of any figure.
 
 - infer:  normalise + `model.apply` in eval mode (running BN statistics).
 - train:  `train.make_train_step` (on-device crop/flip + normalise, forward/backward in train
@@ -299,8 +300,10 @@ def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',
       for _ in range(warmup):
         for c in cases:
           c.call()
-      for _ in range(repeats):  # round-robin: load changes hit every mode alike
-        for c in cases:
+      for r in range(repeats):  # round-robin: load changes hit every mode alike
+        # Rotated each round: a step runs ~5% faster right after an inference call than right
+        # after a train step (measured on CPU), so a fixed order would bias the ratios.
+        for c in cases[r % len(cases):] + cases[:r % len(cases)]:
           c.times.append(c.call())
       medians = {c.mode: statistics.median(c.times) for c in cases}
       for c in cases:
