@@ -153,9 +153,9 @@ def make_eval_step(model, ds: data_lib.Dataset):
   return eval_step
 
 
-def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> dict:
-  """Test loss and error over the whole split (last batch padded and masked)."""
-  n, sums = len(labels), None
+def test_batches(images, labels, batch_size: int):
+  """This process's rows of the test split's global batches, the last one padded (mask 0)."""
+  n = len(labels)
   for start in range(0, n, batch_size):
     rows = _local_rows({'i': np.arange(start, start + batch_size)})['i']  # read only these
     idx = rows[rows < n]
@@ -164,6 +164,17 @@ def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> dict:
     if pad:
       batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
                for k, v in batch.items()}
+    yield batch
+
+
+def evaluate(eval_step, state, images, labels, batch_size: int, mesh, host_batches=None) -> dict:
+  """Test loss and error over the whole split (last batch padded and masked).
+
+  `host_batches` (this process's rows of each global batch, with 'mask') replaces the arrays,
+  e.g. the streamed ImageNet validation split (`eval_batches`).
+  """
+  sums = None
+  for batch in host_batches or test_batches(images, labels, batch_size):
     out = eval_step(state, parallel.put_batch(mesh, batch))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
@@ -205,6 +216,18 @@ def train_batches(config, ds: data_lib.Dataset, start: int, stop: int, mesh):
       source, seed=config.seed, batch_size=tcfg.batch_size, start=start, stop=stop,
       image_size=dcfg.image_size, flip=dcfg.flip, workers=dcfg.get('stream_workers', 0)):
     yield step, parallel.put_batch(mesh, batch)
+
+
+def eval_batches(config, ds: data_lib.Dataset):
+  """Host test batches for `evaluate`: None (the in-memory arrays), or for ImageNet the
+  validation split streamed as centre crops, decoded by the stream's workers."""
+  dcfg = config.data
+  if dcfg.name != 'imagenet2012':
+    return None
+  from jaxbud.data import stream  # pylint: disable=g-import-not-at-top
+  source = stream.open_source(dcfg.name, 'validation', dcfg.data_dir or None)
+  return stream.eval_batches(source, batch_size=config.train.eval_batch_size,
+                             image_size=dcfg.image_size, workers=dcfg.get('stream_workers', 0))
 
 
 @dataclasses.dataclass
@@ -311,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
         ep = done // spe
         if ep % tcfg.eval_every_epochs == 0 or done == total:
           last = evaluate(eval_step, state, ds.test_images, ds.test_labels,
-                          tcfg.eval_batch_size, mesh)
+                          tcfg.eval_batch_size, mesh, eval_batches(config, ds))
           metrics_lib.log(f'epoch {ep}: test error {last["test_error"]:.4f}, '
                           f'test loss {last["test_loss"]:.4f}')
           writer.write(done, {**last, 'epoch': ep})
@@ -330,7 +353,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
         raise preempt.Preempted(f'SIGTERM: saved step {done} of {total} in {ckpt_dir}; run the '
                                 'same command again to resume')
   if not last:  # nothing left to train: report the restored state
-    last = evaluate(eval_step, state, ds.test_images, ds.test_labels, tcfg.eval_batch_size, mesh)
+    last = evaluate(eval_step, state, ds.test_images, ds.test_labels, tcfg.eval_batch_size, mesh,
+                    eval_batches(config, ds))
   ckpts.wait()
   ckpts.close()
   writer.close()

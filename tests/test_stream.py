@@ -305,3 +305,7 @@ def test_imagenet_config_trains_on_the_stream_and_resumes(imagenet, tmp_path):
   assert resumed['step'] == 2 * NUM_TRAIN // BATCH
   assert (resumed['test_loss'], resumed['test_error']) == (
       straight['test_loss'], straight['test_error'])
+  # Evaluation reads the validation split through the stream too (centre crops, masked padding).
+  batches = list(train.eval_batches(c, None))
+  assert [b['image'].shape for b in batches] == [(NUM_VAL, SIZE, SIZE, 3)]
+  assert batches[0]['mask'].tolist() == [1.0] * NUM_VAL
