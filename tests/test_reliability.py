@@ -5,6 +5,7 @@ moments (SIGKILL, and SIGTERM which must save first), re-run the same command un
 and compare with an uninterrupted run: final params bit for bit, prune history and metrics.
 Set JAXBUD_KILL_SEED to replay a failing sequence of kill moments.
 """
+import gc
 import json
 import os
 import random
@@ -150,6 +151,19 @@ def test_prune_run_killed_at_random_moments_ends_bit_identical(base, tmp_path):
       {**s, 'dir': s['dir'].replace(str(straight), str(workdir))} for s in summary['snapshots']]
 
 
+# A failed Orbax read leaves TensorStore coroutines behind; they are garbage-collected later and
+# reported as unraisable exceptions. The damaged-checkpoint tests expect those failures, so they
+# collect them before finishing and silence that one warning.
+expected_read_failures = pytest.mark.filterwarnings(
+    'ignore::pytest.PytestUnraisableExceptionWarning')
+
+
+@pytest.fixture
+def collect_garbage():
+  yield
+  gc.collect()
+
+
 def small_state(seed=1):
   spec = spec_lib.wrn(10, 1, in_channels=1)
   tx = train.make_optimizer(default.get_config().train, steps_per_epoch=10)
@@ -161,8 +175,10 @@ def largest_file(step_dir):
   return max(files, key=os.path.getsize)
 
 
+@expected_read_failures
 @pytest.mark.parametrize('damage', ['truncate', 'flip', 'delete_meta'])
-def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, caplog):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, caplog,
+                                                                   collect_garbage):
   spec, state = small_state()
   ckpts = ckpt_lib.Checkpoints(tmp_path, keep=3)
   for step in (1, 2):
@@ -190,7 +206,8 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
   assert reader.all_steps() == [1, 2]
 
 
-def test_no_readable_checkpoint_means_a_fresh_start(tmp_path):
+@expected_read_failures
+def test_no_readable_checkpoint_means_a_fresh_start(tmp_path, collect_garbage):
   spec, state = small_state()
   ckpts = ckpt_lib.Checkpoints(tmp_path)
   ckpts.save(5, state, spec)
@@ -210,7 +227,9 @@ def test_an_unfinished_write_never_looks_like_a_checkpoint(tmp_path):
   assert ckpt_lib.Checkpoints(tmp_path).all_steps() == [1]
 
 
-def test_damaged_run_checkpoint_resumes_from_the_previous_epoch(tmp_path, caplog):
+@expected_read_failures
+def test_damaged_run_checkpoint_resumes_from_the_previous_epoch(tmp_path, caplog,
+                                                                collect_garbage):
   c = train_config(epochs=2, checkpoint_every_epochs=1)
   workdir = tmp_path / 'run'
   first = train.train_and_evaluate(c, str(workdir))
