@@ -8,7 +8,8 @@ For each (spec, batch size, dtype) every requested mode is compiled ahead of tim
 with `block_until_ready`. The modes of one (spec, batch, dtype) are timed round-robin, call by
 call, so background load on a shared machine hits them alike and the Fisher/train ratio stays
 meaningful; the order rotates every round, because a call's time depends on which step ran just
-before it (use a multiple of the number of modes as `repeats`). Inputs are random uint8 images; the data pipeline is not part of any figure.
+before it (use a multiple of the number of modes as `repeats`). Inputs are random uint8 images;
+the data pipeline is not part of any figure.
 
 - infer:  normalise + `model.apply` in eval mode (running BN statistics).
 - train:  `train.make_train_step` (on-device crop/flip + normalise, forward/backward in train

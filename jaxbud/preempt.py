@@ -50,6 +50,15 @@ class Preemption:
     return self._flag.is_set()
 
 
+def stop(what: str, ckpts, writer):
+  """After SIGTERM, once the state is saved: finishes the writes and raises Preempted."""
+  ckpts.wait()
+  ckpts.close()
+  writer.close()
+  raise Preempted(f'SIGTERM: saved {what} in {ckpts.directory}; run the same command again to '
+                  'resume')
+
+
 @jax.jit
 def _all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)

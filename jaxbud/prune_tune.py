@@ -154,8 +154,7 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))
 
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  ckpts = ckpt_lib.Checkpoints(ckpt_dir, keep=2)
+  ckpts = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'), keep=2)
 
   def load(step):
     spec = ckpts.restore_spec(step)
@@ -188,7 +187,6 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
   progress = metrics_lib.Progress(pcfg.rounds, start_round, unit='round')
   key = jax.random.key(config.seed + 1)
   t0 = time.perf_counter()
-  rnd = start_round
 
   def save(step, **meta):
     ckpts.save(step, ps, spec, {'history': history, 'snapshots': snapshots, 'orig': orig,
@@ -198,30 +196,24 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
     preempt.check_finite(losses, first_step, ps.train.params, f'prune run in {workdir}',
                          ckpts.describe_latest)
 
-  def stop(what):  # after SIGTERM, once the state is saved: the launcher exits with 143
-    ckpts.wait()
-    ckpts.close()
-    writer.close()
-    raise preempt.Preempted(f'SIGTERM: saved {what} in {ckpt_dir}; run the same command '
-                            'again to resume')
-
   with preempt.Preemption() as preemption:
     for rnd in range(start_round, pcfg.rounds):
       first = rnd * pcfg.prune_every
-      skip, partial, new = partial, 0, []
+      skip, partial, new, preempted = partial, 0, [], None
       for step, batch in train_lib.batches(r.ds, config.seed, pcfg.batch_size, first + skip,
                                            first + pcfg.prune_every, r.mesh):
         ps, m = step_fn(ps, batch)
         new.append(m)
         if step + 1 < first + pcfg.prune_every and preemption.requested(step + 1):
-          new = jax.device_get(new)
-          check([m['train_loss'] for m in new], first + skip + 1)
-          pending.extend(new)
-          save(step + 1, round=rnd, partial=step + 1 - first)
-          stop(f'round {rnd} after {step + 1 - first} of its {pcfg.prune_every} steps')
+          preempted = step + 1 - first  # steps of this round done
+          break
       new = jax.device_get(new)
       check([m['train_loss'] for m in new], first + skip + 1)
       pending.extend(new)
+      if preempted is not None:
+        save(first + preempted, round=rnd, partial=preempted)
+        preempt.stop(f'round {rnd} after {preempted} of its {pcfg.prune_every} steps', ckpts,
+                     writer)
       alive = {n: np.asarray(ps.mask[n]) > 0 for n in spec.prunable_names}
       ctx = criteria.Context(spec, ps.train.params,
                              jax.device_get(ps.saliency) if r.criterion.needs_fisher else None,
@@ -267,7 +259,7 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
       if done < pcfg.rounds and preemption.requested(done * pcfg.prune_every):
         if done % pcfg.checkpoint_every_rounds:
           save(done * pcfg.prune_every, round=done)
-        stop(f'{done} of {pcfg.rounds} rounds')
+        preempt.stop(f'{done} of {pcfg.rounds} rounds', ckpts, writer)
   ckpts.wait()
   ckpts.close()
   writer.close()

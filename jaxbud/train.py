@@ -204,10 +204,15 @@ def batches(ds: data_lib.Dataset, seed: int, batch_size: int, start: int, stop: 
     yield step, parallel.put_batch(mesh, batch)
 
 
+def _streamed(config) -> bool:
+  """Whether the dataset is read through jaxbud.data.stream (ImageNet) rather than arrays."""
+  return config.data.name == 'imagenet2012'
+
+
 def train_batches(config, ds: data_lib.Dataset, start: int, stop: int, mesh):
   """`batches`, or for ImageNet the same steps streamed, cropped and flipped by workers."""
   dcfg, tcfg = config.data, config.train
-  if dcfg.name != 'imagenet2012':
+  if not _streamed(config):
     yield from batches(ds, config.seed, tcfg.batch_size, start, stop, mesh)
     return
   from jaxbud.data import stream  # pylint: disable=g-import-not-at-top
@@ -222,7 +227,7 @@ def eval_batches(config, ds: data_lib.Dataset):
   """Host test batches for `evaluate`: None (the in-memory arrays), or for ImageNet the
   validation split streamed as centre crops, decoded by the stream's workers."""
   dcfg = config.data
-  if dcfg.name != 'imagenet2012':
+  if not _streamed(config):
     return None
   from jaxbud.data import stream  # pylint: disable=g-import-not-at-top
   source = stream.open_source(dcfg.name, 'validation', dcfg.data_dir or None)
@@ -297,10 +302,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
   writer = metrics_lib.Writer(workdir, resume_step=start)  # drops lines a killed run wrote
 
   # Streamed ImageNet batches come cropped and flipped from the host.
-  flip = config.data.flip and config.data.name != 'imagenet2012'
+  flip = config.data.flip and not _streamed(config)
   train_step = parallel.jit(make_train_step(run.model, run.tx, ds, seed=config.seed,
-                                       crop_pad=config.data.crop_pad, flip=flip),
-                       donate_argnums=0)
+                                            crop_pad=config.data.crop_pad, flip=flip),
+                            donate_argnums=0)
   eval_step = parallel.jit(make_eval_step(run.model, ds))
   spe, total = run.steps_per_epoch, run.total_steps
   progress = metrics_lib.Progress(total, start)
@@ -309,7 +314,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
                   f'{spe} steps/epoch, {total} steps')
   last = {}
   t_start = time.perf_counter()
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
 
   def check(done, pending, state):  # the NaN/Inf guard, before metrics or state are written
     preempt.check_finite([m['train_loss'] for m in pending], done - len(pending) + 1,
@@ -347,11 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
           check(done, pending, state)
           ckpts.save(done, state, run.spec, {'epoch': done / spe,
                                              'pending': preempt.pack_pending(pending)})
-        ckpts.wait()
-        ckpts.close()
-        writer.close()
-        raise preempt.Preempted(f'SIGTERM: saved step {done} of {total} in {ckpt_dir}; run the '
-                                'same command again to resume')
+        preempt.stop(f'step {done} of {total}', ckpts, writer)
   if not last:  # nothing left to train: report the restored state
     last = evaluate(eval_step, state, ds.test_images, ds.test_labels, tcfg.eval_batch_size, mesh,
                     eval_batches(config, ds))
