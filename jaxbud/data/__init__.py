@@ -5,6 +5,7 @@ accelerator inside the jitted step (see jaxbud.augment), so a dataset here is ju
 the per-channel statistics used to normalise them.
 """
 import dataclasses
+import math
 
 import numpy as np
 
@@ -35,6 +36,27 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   """The record order of training epoch `epoch`: a permutation seeded by (seed, epoch) alone,
   so that a resumed run, or the streaming pipeline, reads exactly the same batches."""
   return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def center_box(width: float, height: float, fraction: float) -> tuple[float, ...]:
+  """(left, top, right, bottom) of the centred square whose side is fraction * shorter side."""
+  s = fraction * min(width, height)
+  return ((width - s) / 2, (height - s) / 2, (width + s) / 2, (height + s) / 2)
+
+
+def center_crop(encoded: bytes, size: int, fraction: float = 1.0) -> np.ndarray:
+  """Decodes an image to uint8 RGB (size, size, 3): the centre square of side fraction *
+  shorter side, resized to size (the same as resizing the shorter side to size / fraction and
+  cropping the centre, with less work)."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  img = Image.open(io.BytesIO(encoded))
+  # For JPEG, decode directly at the smallest 1/2^k scale that keeps both sides >= size/fraction.
+  side = math.ceil(size / fraction)
+  img.draft('RGB', (side, side))
+  img = img.convert('RGB')
+  return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC,
+                               box=center_box(*img.size, fraction)), np.uint8)
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -54,10 +54,7 @@ def open_source(name: str = 'imagenet2012', split: str = 'train', data_dir: str 
       builder, split, decoders={'image': tfds.decode.SkipDecoding()})
 
 
-def center_box(width: float, height: float, fraction: float) -> tuple[float, ...]:
-  """(left, top, right, bottom) of the centred square whose side is fraction * shorter side."""
-  s = fraction * min(width, height)
-  return ((width - s) / 2, (height - s) / 2, (width + s) / 2, (height + s) / 2)
+center_box = data_lib.center_box
 
 
 def inception_box(width: int, height: int, rng: np.random.Generator,
@@ -97,17 +94,9 @@ def random_resized_crop(encoded: bytes, size: int, rng: np.random.Generator, fli
 
 
 def center_crop(encoded: bytes, size: int, fraction: float = EVAL_CROP) -> np.ndarray:
-  """Decodes an image to uint8 RGB (size, size, 3): the centre square of side fraction *
-  shorter side, resized to size (shorter side to size / fraction, then the centre crop).
-
-  fraction=1 is exactly jaxbud.data.tfds_data.decode_center_crop.
-  """
-  img = Image.open(io.BytesIO(encoded))
-  side = math.ceil(size / fraction)
-  img.draft('RGB', (side, side))
-  img = img.convert('RGB')
-  return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC,
-                               box=center_box(*img.size, fraction)), np.uint8)
+  """`jaxbud.data.center_crop` with the standard evaluation fraction (224 of 256) by default;
+  fraction=1 is exactly jaxbud.data.tfds_data.decode_center_crop (LazyImages)."""
+  return data_lib.center_crop(encoded, size, fraction)
 
 
 def local_rows(batch_size: int, process_index: int | None = None,

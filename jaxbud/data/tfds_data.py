@@ -211,17 +211,7 @@ class LazyLabels(_Lazy):
 
 def decode_center_crop(encoded: bytes, size: int) -> np.ndarray:
   """Decodes an image to uint8 RGB (size, size, 3): shorter side resized to size, centre crop."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  img = Image.open(io.BytesIO(encoded))
-  # For JPEG, decode directly at the smallest 1/2^k scale that keeps both sides >= size.
-  img.draft('RGB', (size, size))
-  img = img.convert('RGB')
-  w, h = img.size
-  s = min(w, h)
-  box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
-  # Resizing only the centre square is the same as resize-then-crop, with less work.
-  img = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
-  return np.asarray(img, np.uint8)
+  return data_lib.center_crop(encoded, size)
 
 
 def _manual_dir(builder, manual_dir):
