@@ -10,6 +10,8 @@ them mask channels without changing shapes.
 A conv whose input has zero channels (its producer was pruned away) outputs zeros and has no
 parameters, which is exactly what the masked full-width network computes.
 """
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -37,8 +39,98 @@ class ConvBNConfig(nn.Module):
     if x.shape[-1] == 0:
       return x
     # PyTorch momentum 0.1 is Flax momentum 0.9.
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        dtype=self.dtype, name=name)(x)
+    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype, name=name)(x)
+
+
+def channel_sum(x):
+  """float32 sum of NHWC `x` over every axis but the last (``jnp.sum(x, (0, 1, 2))``).
+
+  On CPU it is computed as a wide row reduction: XLA:CPU reduces a (rows, C) array with a small
+  C slowly (rewritten into reduce-windows that ran at about 3 GB/s); viewed as
+  (rows / k, k * C) with k * C about 256 and then summed over k, the batch-norm backward pass
+  of WRN-40-2 runs 2x faster and the train step 12% faster (docs/benchmarks.md), and the sum
+  is more accurate (k partial sums). Other backends reduce the array as it is, since there the
+  reshape would change the tiled layout.
+  """
+  c = x.shape[-1]
+  rows = x.size // max(c, 1)
+  k = max(1, 256 // max(c, 1)) if jax.default_backend() == 'cpu' else 1
+  while rows % k:
+    k //= 2
+  s = jnp.sum(x.reshape(rows // k, k * c).astype(jnp.float32), axis=0)
+  return s.reshape(k, c).sum(axis=0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, epsilon: float):
+  """Training-mode batch norm of NHWC `x` -> (y, batch mean, biased batch variance).
+
+  The numbers of ``flax.linen.BatchNorm`` (statistics in float32, var = E[x^2] - E[x]^2, then
+  y = (x - mean) * rsqrt(var + eps) * scale + bias in float32, cast to x's dtype), with a
+  hand-written backward pass whose two reductions go through `channel_sum`. The cotangents of
+  the returned statistics (zero in training, which only stores them) are honoured too.
+  """
+  return _bn_fwd(x, scale, bias, epsilon)[0]
+
+
+def _bn_fwd(x, scale, bias, epsilon):
+  m = x.size // x.shape[-1]
+  xf = x.astype(jnp.float32)
+  mean = channel_sum(xf) / m
+  var = jnp.maximum(channel_sum(xf * xf) / m - mean * mean, 0.)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  y = ((xf - mean) * (rstd * scale) + bias).astype(x.dtype)
+  return (y, mean, var), (x, mean, rstd, scale, bias)
+
+
+def _bn_bwd(epsilon, res, cts):
+  del epsilon
+  x, mean, rstd, scale, bias = res
+  dy, dmean, dvar = cts
+  m = x.size // x.shape[-1]
+  xf, g = x.astype(jnp.float32), dy.astype(jnp.float32)
+  xhat = (xf - mean) * rstd
+  dbias = channel_sum(g)
+  dscale = channel_sum(g * xhat)
+  dx = (scale * rstd) * (g - (dbias + xhat * dscale) / m)
+  dx = dx + (dmean + 2 * dvar * (xf - mean)) / m
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+
+
+class BatchNorm(nn.Module):
+  """``flax.linen.BatchNorm`` over the last axis: the same variables and numbers, a faster
+  backward pass on XLA:CPU (`batch_norm_train`).
+
+  Variables: params ``scale`` (ones) and ``bias`` (zeros), float32; batch_stats ``mean``
+  (zeros) and ``var`` (ones), float32, updated in training as
+  ``momentum * old + (1 - momentum) * batch`` (flax's convention: PyTorch's momentum 0.1 is
+  0.9 here). Checkpoints of either module load into the other.
+  """
+  use_running_average: bool = False
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (c,), jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (c,), jnp.float32)
+    x = x.astype(self.dtype)
+    if self.use_running_average:
+      mul = jax.lax.rsqrt(ra_var.value + self.epsilon) * scale
+      return ((x.astype(jnp.float32) - ra_mean.value) * mul + bias).astype(self.dtype)
+    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
 
 
 def _broadcast_gate(g, like):

@@ -462,7 +462,7 @@ def test_bn_momentum_and_eps(wrn32_trace):
   found = set()
 
   def interceptor(next_fun, args, kwargs, context):
-    if isinstance(context.module, nn.BatchNorm):
+    if isinstance(context.module, M.BatchNorm):
       found.add((context.module.momentum, context.module.epsilon))
     return next_fun(*args, **kwargs)
 
