@@ -106,3 +106,11 @@ def test_channel_sum(shape):
   got = models.channel_sum(jnp.asarray(x))
   assert got.shape == (shape[-1],) and got.dtype == jnp.float32
   np.testing.assert_allclose(got, x.astype(np.float64).sum((0, 1, 2)), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape', SHAPES[:3] + [(0, 4, 4, 8)])
+def test_channel_sum_per_example(shape):
+  x = np.random.default_rng(4).standard_normal(shape).astype(np.float32) + 1
+  got = models.channel_sum(jnp.asarray(x), per_example=True)
+  assert got.shape == (shape[0], shape[-1]) and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, x.astype(np.float64).sum((1, 2)), rtol=1e-5, atol=1e-4)
