@@ -15,6 +15,7 @@ def get_config(arg=None):
       modes=('infer', 'train', 'fisher'),  # torch times infer and train only
       repeats=6,  # a multiple of the 3 modes (the round-robin order rotates)
       warmup=1,
+      primed=True,  # each timed call follows an untimed call of the same step, as in training
       measure_peak=True,
       xla_options='',  # jaxbud side: '' as training, 'xla': XLA's defaults, or 'name=value;...'
       torch_script='../shared/peers/torch_reference.py',  # relative to the repo root

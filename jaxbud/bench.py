@@ -7,9 +7,11 @@ For each (spec, batch size, dtype) every requested mode is compiled ahead of tim
 (`jax.jit(f).lower(...).compile()`, timed separately), warmed up, then timed `repeats` times
 with `block_until_ready`. The modes of one (spec, batch, dtype) are timed round-robin, call by
 call, so background load on a shared machine hits them alike and the Fisher/train ratio stays
-meaningful; the order rotates every round, because a call's time depends on which step ran just
-before it (use a multiple of the number of modes as `repeats`). Inputs are random uint8 images;
-the data pipeline is not part of any figure.
+meaningful. A call's time depends on which step ran just before it (on this project's CPU a step
+runs about 5% faster right after an inference call), so by default (`primed`) every timed call
+follows an untimed call of the same mode, as steps follow each other in a training or pruning
+run; the order also rotates every round (use a multiple of the number of modes as `repeats`).
+Inputs are random uint8 images; the data pipeline is not part of any figure.
 
 - infer:  normalise + `model.apply` in eval mode (running BN statistics).
 - train:  `train.make_train_step` (on-device crop/flip + normalise, forward/backward in train
@@ -285,7 +287,7 @@ def check_settings(modes, batch_sizes, dtypes, repeats, warmup, image_size, num_
 def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',),
                modes=MODES, repeats: int = 5, warmup: int = 1, image_size: int = 0,
                num_classes: int = 0, peaks: dict | None = None, xla_options: str = '',
-               log=print) -> list[dict]:
+               primed: bool = True, log=print) -> list[dict]:
   """Rows (one per mode, batch size and dtype) for one spec; see the module docstring."""
   spec = named.spec
   options = resolve_xla_options(xla_options) or None
@@ -302,9 +304,12 @@ def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',
         for c in cases:
           c.call()
       for r in range(repeats):  # round-robin: load changes hit every mode alike
-        # Rotated each round: a step runs ~5% faster right after an inference call than right
-        # after a train step (measured on CPU), so a fixed order would bias the ratios.
+        # A step runs ~5% faster right after an inference call than right after a train step
+        # (measured on CPU). Rotating the order alone still left train after infer in 2 of 3
+        # rounds and fisher in 1 of 3; priming makes every timed call follow its own mode.
         for c in cases[r % len(cases):] + cases[:r % len(cases)]:
+          if primed:
+            c.call()
           c.times.append(c.call())
       medians = {c.mode: statistics.median(c.times) for c in cases}
       for c in cases:
@@ -325,7 +330,7 @@ def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',
             'achieved_gflops': flops / med / 1e9 if flops else None,
             'peak_gflops': peak['gflops'] if peak else None,
             'peak_fraction': flops / med / 1e9 / peak['gflops'] if flops and peak else None,
-            'repeats': repeats, 'warmup': warmup,
+            'repeats': repeats, 'warmup': warmup, 'primed': primed,
             'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count(),
             'devices_used': devices_used, 'backend': jax.default_backend(),
             'jax_version': jax.__version__,
@@ -362,7 +367,7 @@ def run(bcfg, log=print) -> list[dict]:
     rows += bench_spec(ns, batch_sizes=batch_sizes, dtypes=dtypes, modes=modes,
                        repeats=bcfg.repeats, warmup=bcfg.warmup, image_size=bcfg.image_size,
                        num_classes=bcfg.num_classes, peaks=peaks, xla_options=xla_options,
-                       log=log)
+                       primed=bcfg.get('primed', True), log=log)
   return rows
 
 
@@ -496,7 +501,8 @@ def compare(ccfg, log=print) -> tuple[list[dict], dict]:
   rows, torch_results = [], {}
   for ns, b in pairs:
     rows += bench_spec(ns, batch_sizes=(b,), modes=tuple(ccfg.modes), repeats=ccfg.repeats,
-                       warmup=ccfg.warmup, peaks=peaks, xla_options=xla_options, log=log)
+                       warmup=ccfg.warmup, peaks=peaks, xla_options=xla_options,
+                       primed=ccfg.get('primed', True), log=log)
     t = run_torch_reference(ccfg.torch_script, ns.spec, b, ccfg.repeats,
                             default_image_size(ns.spec))
     torch_results[(ns.label, b)] = t

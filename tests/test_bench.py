@@ -166,3 +166,23 @@ def test_bench_compiles_like_training_unless_told_otherwise(monkeypatch):
     assert parallel.compiler_options() is None and bench.resolve_xla_options('') == {}
   finally:
     parallel.compiler_options.cache_clear()
+
+
+@pytest.mark.parametrize('primed', [True, False])
+def test_call_order_rotates_and_primes(monkeypatch, primed):
+  """Every timed call follows an untimed call of its own mode (primed), in a rotating order."""
+  calls = []
+  original = bench._Case.call  # pylint: disable=protected-access
+
+  def record(case):
+    calls.append(case.mode)
+    return original(case)
+
+  monkeypatch.setattr(bench._Case, 'call', record)  # pylint: disable=protected-access
+  rows = bench.bench_spec(bench.parse_spec('wrn-10-1'), batch_sizes=(2,), repeats=3, warmup=0,
+                          modes=('infer', 'train', 'fisher'), primed=primed, log=None)
+  rounds = [['infer', 'train', 'fisher'], ['train', 'fisher', 'infer'],
+            ['fisher', 'infer', 'train']]
+  expected = [m for r in rounds for m in r for _ in range(2 if primed else 1)]
+  assert calls == expected
+  assert all(r['primed'] is primed and r['repeats'] == 3 for r in rows)
