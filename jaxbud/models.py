@@ -90,12 +90,12 @@ def _bn_bwd(epsilon, res, cts):
   x, mean, rstd, scale, bias = res
   dy, dmean, dvar = cts
   m = x.size // x.shape[-1]
-  xf, g = x.astype(jnp.float32), dy.astype(jnp.float32)
-  xhat = (xf - mean) * rstd
+  xc, g = x.astype(jnp.float32) - mean, dy.astype(jnp.float32)
+  xhat = xc * rstd
   dbias = channel_sum(g)
   dscale = channel_sum(g * xhat)
   dx = (scale * rstd) * (g - (dbias + xhat * dscale) / m)
-  dx = dx + (dmean + 2 * dvar * (xf - mean)) / m
+  dx = dx + (dmean + 2 * dvar * xc) / m
   return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 
