@@ -49,6 +49,7 @@ from jaxbud import parallel
 from jaxbud import prune
 from jaxbud import spec as spec_lib
 from jaxbud import train as train_lib
+from jaxbud.errors import UsageError
 
 MODES = ('infer', 'train', 'fisher')
 DTYPES = train_lib.DTYPES
@@ -75,7 +76,7 @@ class NamedSpec:
 def parse_spec(text: str) -> NamedSpec:
   """A spec from a name, a spec.json path, a folder holding spec.json, or inline JSON."""
   if not isinstance(text, str) or not text.strip():
-    raise ValueError(f'empty spec entry {text!r}; expected {SPEC_FORMS}')
+    raise UsageError(f'empty spec entry {text!r}; expected {SPEC_FORMS}')
   text = text.strip()
   m = re.fullmatch(r'([\w.+-]+)=(\{.*\})', text, re.S)
   if m or text.startswith('{'):
@@ -83,7 +84,7 @@ def parse_spec(text: str) -> NamedSpec:
     try:
       spec = spec_lib.from_json(body)
     except ValueError as e:
-      raise ValueError(f'inline spec {text[:60]!r}: {e}') from None
+      raise UsageError(f'inline spec {text[:60]!r}: {e}') from None
     return NamedSpec(label or f'{spec.family}-{spec.depth}:custom', spec)
   for pattern, make in _NAMES:
     m = pattern.fullmatch(text.lower())
@@ -92,13 +93,13 @@ def parse_spec(text: str) -> NamedSpec:
   if os.path.isdir(text):
     path = os.path.join(text, 'spec.json')
     if not os.path.isfile(path):
-      raise ValueError(f'spec folder {text} holds no spec.json; expected {SPEC_FORMS}')
+      raise UsageError(f'spec folder {text} holds no spec.json; expected {SPEC_FORMS}')
     return NamedSpec(text, spec_lib.load(path))
   if os.path.isfile(text):
     return NamedSpec(text, spec_lib.load(text))
   if os.sep in text or text.endswith('.json'):
-    raise ValueError(f'no spec file or folder at {text}')
-  raise ValueError(f'unknown spec {text!r}; expected {SPEC_FORMS}')
+    raise UsageError(f'no spec file or folder at {text}')
+  raise UsageError(f'unknown spec {text!r}; expected {SPEC_FORMS}')
 
 
 def default_image_size(spec) -> int:
@@ -146,7 +147,7 @@ def parse_xla_options(text: str) -> dict:
   for item in filter(None, (s.strip() for s in str(text or '').split(';'))):
     name, sep, value = item.partition('=')
     if not sep or not name.startswith('xla_'):
-      raise ValueError(f'bad XLA option {item!r}; expected name=value with an xla_* name, '
+      raise UsageError(f'bad XLA option {item!r}; expected name=value with an xla_* name, '
                        'several separated by ";"')
     low = value.lower()
     opts[name] = (True if low == 'true' else False if low == 'false'
@@ -155,7 +156,7 @@ def parse_xla_options(text: str) -> dict:
     try:
       jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=opts)
     except Exception as e:  # pylint: disable=broad-except  # XLA raises its own runtime error
-      raise ValueError(f'XLA rejected options {text!r}: {str(e).splitlines()[0]}') from None
+      raise UsageError(f'XLA rejected options {text!r}: {str(e).splitlines()[0]}') from None
   return opts
 
 
@@ -267,21 +268,21 @@ def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None
 def check_settings(modes, batch_sizes, dtypes, repeats, warmup, image_size, num_classes):
   for m in modes:
     if m not in MODES:
-      raise ValueError(f'unknown bench mode {m!r}; expected any of {MODES}')
+      raise UsageError(f'unknown bench mode {m!r}; expected any of {MODES}')
   for d in dtypes:
     if d not in DTYPES:
-      raise ValueError(f'unknown bench dtype {d!r}; expected any of {DTYPES}')
+      raise UsageError(f'unknown bench dtype {d!r}; expected any of {DTYPES}')
   for b in batch_sizes:
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-      raise ValueError(f'bench.batch_sizes entries must be integers >= 1, got {b!r}')
+      raise UsageError(f'bench.batch_sizes entries must be integers >= 1, got {b!r}')
   if repeats < 1:
-    raise ValueError(f'bench.repeats must be >= 1, got {repeats}')
+    raise UsageError(f'bench.repeats must be >= 1, got {repeats}')
   if warmup < 0:
-    raise ValueError(f'bench.warmup must be >= 0, got {warmup}')
+    raise UsageError(f'bench.warmup must be >= 0, got {warmup}')
   if image_size < 0 or num_classes < 0:
-    raise ValueError('bench.image_size and bench.num_classes must be >= 0 (0: family default)')
+    raise UsageError('bench.image_size and bench.num_classes must be >= 0 (0: family default)')
   if not modes or not batch_sizes or not dtypes:
-    raise ValueError('bench.modes, bench.batch_sizes and bench.dtypes must not be empty')
+    raise UsageError('bench.modes, bench.batch_sizes and bench.dtypes must not be empty')
 
 
 def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',),
@@ -352,7 +353,7 @@ def run(bcfg, log=print) -> list[dict]:
   check_settings(modes, batch_sizes, dtypes, bcfg.repeats, bcfg.warmup, bcfg.image_size,
                  bcfg.num_classes)
   if not specs:
-    raise ValueError(f'bench.specs is empty; give one or more of: {SPEC_FORMS}')
+    raise UsageError(f'bench.specs is empty; give one or more of: {SPEC_FORMS}')
   named = [parse_spec(s) for s in specs]  # every entry checked before anything runs
   xla_options = bcfg.get('xla_options', '')
   resolve_xla_options(xla_options)
@@ -430,20 +431,20 @@ def torch_args(spec: spec_lib.Spec) -> list[str]:
   if spec.family == 'wrn':
     k = spec.stage_widths[0] / 16
     if spec != spec_lib.wrn(spec.depth, k):
-      raise ValueError('the torch reference builds only standard WRN-d-k (uniform widths)')
+      raise UsageError('the torch reference builds only standard WRN-d-k (uniform widths)')
     return ['--model', 'wrn', '--depth', str(spec.depth), '--widen', f'{k:g}']
   if spec.family == 'densenet_bc':
     if spec != spec_lib.densenet_bc(spec.depth, spec.growth):
-      raise ValueError('the torch reference builds only standard DenseNet-BC-d-k')
+      raise UsageError('the torch reference builds only standard DenseNet-BC-d-k')
     return ['--model', 'densenet', '--depth', str(spec.depth), '--growth', str(spec.growth)]
-  raise ValueError(f'the torch reference has no {spec.family} model')
+  raise UsageError(f'the torch reference has no {spec.family} model')
 
 
 def run_torch_reference(script: str, spec: spec_lib.Spec, batch_size: int, repeats: int,
                         image_size: int = 32, timeout: float = 1800) -> dict:
   """Runs the reference script in a subprocess and returns its one-line JSON result."""
   if not os.path.isfile(script):
-    raise ValueError(f'no torch reference script at {script}')
+    raise UsageError(f'no torch reference script at {script}')
   cmd = [sys.executable, script, *torch_args(spec), '--batch', str(batch_size),
          '--size', str(image_size), '--repeats', str(repeats)]
   r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -477,7 +478,7 @@ def parse_pair(text: str) -> tuple[NamedSpec, int]:
   """'SPEC@BATCH' (e.g. 'wrn-40-2@128') -> (spec, batch size)."""
   spec_text, sep, b = str(text).rpartition('@')
   if not sep or not b.isdigit() or int(b) < 1:
-    raise ValueError(f'compare entry {text!r} must be SPEC@BATCH, e.g. wrn-40-2@128')
+    raise UsageError(f'compare entry {text!r} must be SPEC@BATCH, e.g. wrn-40-2@128')
   return parse_spec(spec_text), int(b)
 
 
@@ -492,7 +493,7 @@ def compare(ccfg, log=print) -> tuple[list[dict], dict]:
   for ns, _ in pairs:
     torch_args(ns.spec)  # every pair must have a reference model before anything runs
   if not os.path.isfile(ccfg.torch_script):
-    raise ValueError(f'no torch reference script at {ccfg.torch_script} '
+    raise UsageError(f'no torch reference script at {ccfg.torch_script} '
                      '(set --config.compare.torch_script)')
   xla_options = ccfg.get('xla_options', '')
   resolve_xla_options(xla_options)

@@ -1,7 +1,8 @@
 """Prune-run cost against plain training: same number of steps, compilations included.
 
 A prune-and-tune run of R rounds of `prune_every` steps is timed end to end (every compilation,
-compaction and removal included) next to R * prune_every plain SGD steps of the unpruned base
+compaction, removal and trajectory evaluation included) next to (R + 1) * prune_every (its
+tuning periods) plain SGD steps of the unpruned base
 network with the same batch size, jitted once, compilation included. Both start from the same
 trained base checkpoint, in the same process, one after the other.
 """
@@ -12,6 +13,7 @@ import time
 
 import jax
 
+from jaxbud import input_pipeline
 from jaxbud import metrics as metrics_lib
 from jaxbud import parallel
 from jaxbud import prune_tune
@@ -26,17 +28,19 @@ def compare(config, workdir: str) -> dict:
   pcfg = config.prune
   with config.unlocked():
     pcfg.base_workdir = base_dir
-  run = train_lib.setup(config)
-  r = prune_tune._Run(config, workdir, run)  # pylint: disable=protected-access
-  spec, state = prune_tune.load_base(config, r)
-  steps = pcfg.rounds * pcfg.prune_every
+  ts = train_lib.setup(config)
+  p = prune_tune.PruneSetup(config, ts)
+  spec, state = prune_tune.load_base(config, p)
+  steps = (pcfg.rounds + 1) * pcfg.prune_every  # a prune run's tuning periods
 
   t0 = time.perf_counter()
-  step = parallel.jit(train_lib.make_train_step(
-      r.model(spec), r.tx, run.dataset, seed=config.seed, crop_pad=config.data.crop_pad,
-      flip=config.data.flip), donate_argnums=0)
-  for _, batch in train_lib.batches(run.dataset, config.seed, pcfg.batch_size, 0, steps,
-                                    r.mesh):
+  crop_pad, flip = input_pipeline.device_augment(config)
+  step = parallel.jit(train_lib.make_train_step(p.model(spec), p.tx, ts.dataset, seed=p.seed,
+                                                crop_pad=crop_pad, flip=flip),
+                      donate_argnums=0)
+  for _, batch in input_pipeline.train_batches(config, ts.dataset, seed=p.seed,
+                                               batch_size=pcfg.batch_size, start=0,
+                                               stop=steps, mesh=p.mesh):
     state, m = step(state, batch)
   jax.block_until_ready(m)
   plain_s = time.perf_counter() - t0
@@ -45,7 +49,7 @@ def compare(config, workdir: str) -> dict:
   prune_dir = os.path.join(workdir, 'prune')
   shutil.rmtree(prune_dir, ignore_errors=True)  # always a full run, never a resumed one
   t0 = time.perf_counter()
-  summary = prune_tune.prune_and_tune(config, prune_dir, run.dataset)
+  summary = prune_tune.prune_and_tune(config, prune_dir, ts.dataset)
   prune_s = time.perf_counter() - t0
   out = {'device_kind': jax.devices()[0].device_kind, 'spec': spec.to_json(),
          'rounds': pcfg.rounds, 'prune_every': pcfg.prune_every, 'steps': steps,

@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxbud import spec as spec_lib
+from jaxbud.errors import UsageError
 
 CHECKSUM = '_crc32'
 
@@ -32,7 +33,7 @@ class CorruptCheckpointError(ValueError):
   """A checkpoint step whose arrays fail their checksum."""
 
 
-class MismatchError(ValueError):
+class MismatchError(UsageError):
   """A readable checkpoint that belongs to another run (e.g. another spec): the user's error."""
 
 

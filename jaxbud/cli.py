@@ -1,4 +1,8 @@
-"""What every launcher shares: flag parsing and user errors as one line with exit status 2."""
+"""What every launcher shares: flag parsing, and user errors as one line with exit status 2.
+
+Only `jaxbud.errors.UsageError` (and bad flags) become that one line. Anything else raised by a
+launcher is a bug or an environment failure: it keeps its traceback and exits with status 1.
+"""
 import logging as std_logging
 import os
 import sys
@@ -10,6 +14,7 @@ import jax
 from ml_collections import config_flags
 
 from jaxbud import preempt
+from jaxbud.errors import UsageError
 
 MULTIHOST = flags.DEFINE_bool(
     'multihost', False, 'Call jax.distributed.initialize() first (TPU pods, multi-host GPU, '
@@ -81,7 +86,7 @@ def initialize_distributed():
 
 
 def run(main):
-  """app.run(main) where bad flags and ValueErrors raised by `main` become `fail(...)`."""
+  """app.run(main) where bad flags and UsageErrors raised by `main` become `fail(...)`."""
 
   def guarded(argv):
     if len(argv) > 1:
@@ -94,7 +99,7 @@ def run(main):
       fail('--coordinator_address, --num_processes and --process_id only apply with --multihost')
     try:
       main(argv)
-    except (ValueError, OSError) as e:  # OSError: unreadable config file, unwritable workdir
+    except UsageError as e:
       fail(str(e))
     except preempt.Preempted as e:  # checkpoint saved: a scheduler re-runs the command
       print(f'preempted: {e}', file=sys.stderr)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbud import spec as spec_lib
+from jaxbud.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,7 @@ def register(name: str, needs_fisher: bool = False):
 
 def get(name: str) -> Criterion:
   if name not in _REGISTRY:
-    raise ValueError(f'unknown prune criterion {name!r}; expected one of {names()}')
+    raise UsageError(f'unknown prune criterion {name!r}; expected one of {names()}')
   return _REGISTRY[name]
 
 

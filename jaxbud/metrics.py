@@ -6,6 +6,8 @@ import time
 from absl import logging
 import jax
 
+from jaxbud.errors import UsageError
+
 
 class Writer:
   """Appends {'step': s, **scalars} to workdir/metrics.jsonl and TensorBoard events (process 0)."""
@@ -50,9 +52,9 @@ def make_workdir(workdir) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise ValueError(f'cannot create workdir {workdir}: {e.strerror or e}') from None
+    raise UsageError(f'cannot create workdir {workdir}: {e.strerror or e}') from None
   if not os.access(workdir, os.W_OK | os.X_OK):
-    raise ValueError(f'workdir {workdir} is not writable')
+    raise UsageError(f'workdir {workdir} is not writable')
 
 
 def format_seconds(s: float) -> str:

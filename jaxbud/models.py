@@ -22,8 +22,9 @@ from jaxbud import spec as spec_lib
 he_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-class ConvBNConfig(nn.Module):
-  """Shared conv/BN factory: explicit symmetric padding, the reference BN settings."""
+class ConvBNModule(nn.Module):
+  """Base class of every network module: its conv and BN factories (explicit symmetric padding,
+  the reference BN settings) and the compute dtype."""
   dtype: jnp.dtype = jnp.float32
 
   def conv(self, x, features, kernel, stride=1, name=None):
@@ -192,7 +193,7 @@ def _head(x, num_classes, dtype):
   return nn.Dense(num_classes, bias_init=nn.initializers.zeros, dtype=dtype, name='head')(x)
 
 
-class WRNBlock(ConvBNConfig):
+class WRNBlock(ConvBNModule):
   """Pre-activation block; the inner width (conv1 out = conv2 in) is the prunable one."""
   inner: int = 0
   out: int = 0
@@ -208,7 +209,7 @@ class WRNBlock(ConvBNConfig):
     return x + y
 
 
-class WRN(ConvBNConfig):
+class WRN(ConvBNModule):
   spec: spec_lib.WRNSpec = None
   num_classes: int = 10
 
@@ -222,7 +223,7 @@ class WRN(ConvBNConfig):
     return _head(x, self.num_classes, self.dtype)
 
 
-class DenseLayer(ConvBNConfig):
+class DenseLayer(ConvBNModule):
   """Bottleneck dense layer; the bottleneck width (conv1 out) is the prunable one."""
   bottleneck: int = 0
   growth: int = 0
@@ -235,7 +236,7 @@ class DenseLayer(ConvBNConfig):
     return jnp.concatenate([x, y], axis=-1)
 
 
-class Transition(ConvBNConfig):
+class Transition(ConvBNModule):
   out: int = 0
 
   @nn.compact
@@ -244,7 +245,7 @@ class Transition(ConvBNConfig):
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
-class DenseNetBC(ConvBNConfig):
+class DenseNetBC(ConvBNModule):
   spec: spec_lib.DenseNetSpec = None
   num_classes: int = 10
 
@@ -262,7 +263,7 @@ class DenseNetBC(ConvBNConfig):
     return _head(x, self.num_classes, self.dtype)
 
 
-class ResNetBlock(ConvBNConfig):
+class ResNetBlock(ConvBNModule):
   """Post-activation basic (3x3, 3x3) or bottleneck (1x1, 3x3 strided, 1x1) block."""
   inner: tuple = ()
   out: int = 0
@@ -283,7 +284,7 @@ class ResNetBlock(ConvBNConfig):
     return nn.relu(x + y)
 
 
-class ResNet(ConvBNConfig):
+class ResNet(ConvBNModule):
   spec: spec_lib.ResNetSpec = None
   num_classes: int = 1000
 

@@ -9,6 +9,8 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from jaxbud.errors import UsageError
+
 
 def make_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ('data',),
@@ -37,7 +39,7 @@ def check_batch(batch_size: int, what: str = 'batch_size'):
   """Global batches split evenly over all devices, or the user hears why not."""
   n = jax.device_count()
   if batch_size % n:
-    raise ValueError(f'{what}={batch_size} must be divisible by the device count {n}')
+    raise UsageError(f'{what}={batch_size} must be divisible by the device count {n}')
 
 
 def put_batch(mesh, batch: dict) -> dict:

@@ -1,21 +1,37 @@
-"""Prune-and-tune runs: fine-tune a trained network, removing one channel every `prune_every` steps.
+"""Prune-and-tune runs: fine-tune a trained network, removing one channel every round.
+
+Each round follows the authors' pruning script (PAPER.md, "The prune run's loop"):
+
+1. fine-tune `prune_every` steps, accumulating the criterion's saliency;
+2. evaluate the tuned network on the test split every `eval_every_rounds` rounds (the pruning
+   trajectory: test error against parameters, the paper's error-vs-size curve for pruning);
+3. write a snapshot at every budget the network has reached: the network has been tuned since
+   its last removal, as the reference's checkpoints are;
+4. remove the globally least salient live channel.
+
+A run of R rounds makes R removals and R + 1 tuning periods (the last one tunes the network
+after the final removal). With `stop_after_last_budget` it ends once the last snapshot is
+written. Fine-tuning runs at the base schedule's final learning rate unless `prune.lr` is given,
+and reads its own data stream (seed derived from the run's seed, see `data_seed`), so it does
+not replay the base run's batches and crops.
 
 The network keeps fixed shapes between compactions: removed channels are masked by their gates
 (exactly zero, see jaxbud.prune), so the jitted step is reused. Once `compact_every` channels are
 masked, or a snapshot is due, the state is compacted (params, batch stats and momentum sliced)
-and the step is compiled once for the smaller shapes. Snapshots at the configured parameter
-budgets hold the compacted network, its spec, the prune history and its test error.
+and the step is compiled once for the smaller shapes. The loop around the step (metrics, NaN
+guard, checkpoints, SIGTERM) is jaxbud.loop's, the same as training's.
 
 Layout of a run's workdir:
   checkpoints/            the run's own state (resume point), with the current spec
-  snapshots/<params>/     spec.json, result.json, history.json, checkpoint/
-  history.json            every removal: round, step, layer, original channel index, score,
-                          the runner-up [layer, channel, score]
+  snapshots/<budget>/     spec.json, result.json, history.json, predictions.npz, checkpoint/
+  history.json            {'removals': every removal (round, step, layer, original channel index,
+                          score, params after it, the runner-up [layer, channel, score]),
+                          'evaluations': the trajectory (round, removed, params, MACs, test
+                          error and loss, training MACs and seconds so far)}
   summary.json            snapshots, compilations, timings
 """
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,79 +40,73 @@ import numpy as np
 
 from jaxbud import checkpoint as ckpt_lib
 from jaxbud import criteria
+from jaxbud import input_pipeline
+from jaxbud import loop as loop_lib
 from jaxbud import metrics as metrics_lib
 from jaxbud import models
 from jaxbud import parallel
-from jaxbud import preempt
 from jaxbud import prune
 from jaxbud import spec as spec_lib
+from jaxbud import stats
 from jaxbud import train as train_lib
+from jaxbud.errors import UsageError
+
+_PRUNE_STREAM = 0x707275  # keeps the prune run's data seed apart from the base run's
 
 
-def finetune_optimizer(pcfg):
+def data_seed(seed: int) -> int:
+  """The seed of a prune run's data order and augmentation, derived from the run's seed."""
+  return int(np.random.SeedSequence([seed, _PRUNE_STREAM]).generate_state(1)[0])
+
+
+def finetune_lr(config) -> float:
+  """`prune.lr`, or (0) the final learning rate of the base network's schedule.
+
+  The base's schedule is read from the config.json its training run wrote (the prune config's
+  own train section where the base folder has none).
+  """
+  pcfg = config.prune
+  if pcfg.lr > 0:
+    return pcfg.lr
+  tcfg = config.train
+  path = os.path.join(pcfg.base_workdir, 'config.json')
+  if pcfg.base_workdir and os.path.isfile(path):
+    with open(path) as f:
+      tcfg = ml_collections.ConfigDict(json.load(f)['train'])
+  return train_lib.final_lr(tcfg)
+
+
+def finetune_optimizer(pcfg, lr: float):
   """One SGD optimizer for the whole run (momentum persists across removals), constant lr."""
   return train_lib.make_optimizer(ml_collections.ConfigDict(dict(
-      schedule='constant', lr=pcfg.lr, momentum=pcfg.momentum,
+      schedule='constant', lr=lr, momentum=pcfg.momentum,
       weight_decay=pcfg.weight_decay)), steps_per_epoch=1)
 
 
 def _validate(config, base_spec, num_classes):
   pcfg = config.prune
-  for field in ('prune_every', 'rounds', 'compact_every', 'batch_size', 'checkpoint_every_rounds'):
+  for field in ('prune_every', 'rounds', 'compact_every', 'batch_size', 'checkpoint_every_rounds',
+                'log_every_rounds', 'eval_every_rounds'):
     if pcfg[field] < 1:
-      raise ValueError(f'prune.{field} must be >= 1, got {pcfg[field]}')
+      raise UsageError(f'prune.{field} must be >= 1, got {pcfg[field]}')
+  if pcfg.lr < 0:
+    raise UsageError(f'prune.lr must be > 0, or 0 for the base schedule\'s final lr; got {pcfg.lr}')
   parallel.check_batch(pcfg.batch_size, 'prune.batch_size')
   channels = sum(base_spec.prunable)
   if pcfg.rounds > channels:
-    raise ValueError(f'prune.rounds={pcfg.rounds} removes more channels than the '
+    raise UsageError(f'prune.rounds={pcfg.rounds} removes more channels than the '
                      f'{channels} prunable channels of the base network')
   base = spec_lib.count_params(base_spec, num_classes)
   floor = spec_lib.count_params(base_spec.with_prunable([0] * len(base_spec.prunable)),
                                 num_classes)
   for b in pcfg.budgets:
     if not floor <= b < base:
-      raise ValueError(f'prune.budgets entry {b} must lie in [{floor}, {base}): the base network '
+      raise UsageError(f'prune.budgets entry {b} must lie in [{floor}, {base}): the base network '
                        f'has {base} params and {floor} remain with every prunable channel gone')
 
 
 def _mask_spec(spec, mask):
   return spec.with_prunable(int(np.sum(np.asarray(mask[n]))) for n in spec.prunable_names)
-
-
-class _Run:
-  """Mutable bookkeeping of one prune run around the pure state and step functions."""
-
-  def __init__(self, config, workdir, run: train_lib.Run):
-    self.config, self.pcfg, self.workdir, self.run = config, config.prune, workdir, run
-    self.ds = run.dataset
-    self.mesh = parallel.make_mesh()
-    self.tx = finetune_optimizer(self.pcfg)
-    self.criterion = criteria.get(self.pcfg.criterion)
-    self.compilations = 0
-
-  def model(self, spec):
-    return models.build(spec, self.ds.num_classes, self.config.model.dtype)
-
-  def compile(self, spec):
-    """Jitted prune and eval steps for `spec`; compiled on first call, once per compaction."""
-    self.compilations += 1
-    model = self.model(spec)
-    step = prune.make_prune_step(model, self.tx, self.ds, seed=self.config.seed,
-                                 crop_pad=self.config.data.crop_pad, flip=self.config.data.flip,
-                                 fisher=self.criterion.needs_fisher)
-    return (parallel.jit(step, donate_argnums=0),
-            parallel.jit(train_lib.make_eval_step(model, self.ds)))
-
-  def template(self, spec):
-    model = self.model(spec)
-    state = jax.eval_shape(lambda k: train_lib.create_state(model, self.tx, k,
-                                                            self.ds.image_shape),
-                           jax.random.key(0))
-    return jax.eval_shape(lambda s: prune.init_prune_state(s, spec), state)
-
-  def evaluate(self, eval_step, ps):
-    return train_lib.evaluate(eval_step, ps.train, self.ds.test_images, self.ds.test_labels,
-                              self.config.train.eval_batch_size, self.mesh)
 
 
 def _compact(ps: prune.PruneState, spec, orig):
@@ -111,44 +121,203 @@ def _compact(ps: prune.PruneState, spec, orig):
   return prune.PruneState(train_state, mask, saliency), new_spec, orig
 
 
-def load_base(config, r: _Run):
+class PruneSetup:
+  """What a prune run is built from: the training setup, the fine-tune optimizer, the criterion."""
+
+  def __init__(self, config, ts: train_lib.TrainSetup):
+    self.config, self.pcfg, self.ts, self.ds = config, config.prune, ts, ts.dataset
+    self.mesh = parallel.make_mesh()
+    self.lr = finetune_lr(config)
+    self.tx = finetune_optimizer(self.pcfg, self.lr)
+    self.criterion = criteria.get(self.pcfg.criterion)
+    self.seed = data_seed(config.seed)
+
+  def model(self, spec):
+    return models.build(spec, self.ds.num_classes, self.config.model.dtype)
+
+  def template(self, spec):
+    model = self.model(spec)
+    state = jax.eval_shape(lambda k: train_lib.create_state(model, self.tx, k,
+                                                            self.ds.image_shape),
+                           jax.random.key(0))
+    return jax.eval_shape(lambda s: prune.init_prune_state(s, spec), state)
+
+
+def load_base(config, ps: PruneSetup):
   """The trained base network (spec and TrainState with a fresh fine-tune optimizer)."""
   base_dir = config.prune.base_workdir
   ckpt_dir = os.path.join(base_dir, 'checkpoints')
   ckpts = ckpt_lib.Checkpoints(ckpt_dir) if base_dir and os.path.isdir(ckpt_dir) else None
   if ckpts is None or ckpts.latest_step() is None:
-    raise ValueError(f'no trained checkpoint in prune.base_workdir={base_dir!r}; train the base '
+    raise UsageError(f'no trained checkpoint in prune.base_workdir={base_dir!r}; train the base '
                      'network first (python -m launch.train --config=... --workdir=DIR) and '
                      'point --config.prune.base_workdir at DIR')
-  base_tx = train_lib.make_optimizer(config.train, r.run.steps_per_epoch)
+  base_tx = train_lib.make_optimizer(config.train, ps.ts.steps_per_epoch)
 
   def load(step):
     spec = ckpts.restore_spec(step)
-    model = r.model(spec)
+    model = ps.model(spec)
     template = jax.eval_shape(lambda k: train_lib.create_state(model, base_tx, k,
-                                                               r.ds.image_shape),
+                                                               ps.ds.image_shape),
                               jax.random.key(0))
-    return spec, ckpts.restore(ckpt_lib.abstract(template, parallel.replicated(r.mesh)), step)[0]
+    return spec, ckpts.restore(ckpt_lib.abstract(template, parallel.replicated(ps.mesh)),
+                               step)[0]
 
   found = ckpts.restore_newest(load, quarantine=False)  # not this run's folder: only read it
   ckpts.close()
   if found is None:
-    raise ValueError(f'no readable checkpoint in prune.base_workdir={base_dir!r} (see the '
+    raise UsageError(f'no readable checkpoint in prune.base_workdir={base_dir!r} (see the '
                      'warnings above)')
   _, (spec, state) = found
   state = train_lib.TrainState(jnp.zeros((), jnp.int32), state.params, state.batch_stats,
-                               r.tx.init(state.params))
+                               ps.tx.init(state.params))
   return spec, state
+
+
+class _Pruning:
+  """The prune run as a `loop.Task`: one round per period (see the module docstring)."""
+
+  def __init__(self, p: PruneSetup, workdir, ckpts, writer, spec, meta):
+    self.p, self.pcfg, self.workdir, self.ckpts, self.writer = p, p.pcfg, workdir, ckpts, writer
+    self.nc, self.size = p.ds.num_classes, p.ds.image_shape[0]
+    self.spec = spec
+    self.removals, self.evaluations = meta.get('removals', []), meta.get('evaluations', [])
+    self.snapshots, self.train_macs = meta.get('snapshots', []), meta.get('train_macs', 0)
+    self.orig = meta.get('orig') or {n: list(range(w))
+                                     for n, w in zip(spec.prunable_names, spec.prunable)}
+    done = {s['budget'] for s in self.snapshots}
+    self.budgets = sorted((b for b in self.pcfg.budgets if b not in done), reverse=True)
+    self.key = jax.random.key(p.config.seed + 1)
+    self.compilations, self.loop = 0, None
+    self.compile()
+
+  def compile(self):
+    """Jitted prune and eval steps for the current spec (compiled on first call)."""
+    self.compilations += 1
+    model = self.p.model(self.spec)
+    crop_pad, flip = input_pipeline.device_augment(self.p.config)
+    self.step = parallel.jit(prune.make_prune_step(
+        model, self.p.tx, self.p.ds, seed=self.p.seed, crop_pad=crop_pad, flip=flip,
+        fisher=self.p.criterion.needs_fisher), donate_argnums=0)
+    self.eval_step = parallel.jit(train_lib.make_eval_step(model, self.p.ds),
+                                  out_shardings=parallel.replicated(self.p.mesh))
+
+  def _compact(self, ps):
+    ps, self.spec, self.orig = _compact(ps, self.spec, self.orig)
+    ps = parallel.replicate(self.p.mesh, ps)  # fresh masks are process-local arrays
+    self.compile()
+    return ps
+
+  def end_period(self, ps, done):
+    pcfg = self.pcfg
+    rnd = done // pcfg.prune_every - 1
+    live = _mask_spec(self.spec, ps.mask)
+    params = spec_lib.count_params(live, self.nc)
+    macs = spec_lib.count_macs(live, self.size, self.nc)
+    self.train_macs += train_lib.training_macs(macs, pcfg.prune_every * pcfg.batch_size)
+    due = [b for b in self.budgets if params <= b]
+    final = rnd == pcfg.rounds
+    if due and live != self.spec:
+      ps = self._compact(ps)
+    if due or final or rnd % pcfg.eval_every_rounds == 0:
+      result, preds = train_lib.evaluate(
+          self.eval_step, ps.train, input_pipeline.eval_batches(self.p.config, self.p.ds),
+          self.p.mesh)
+      self.evaluations.append({'round': rnd, 'step': done, 'removed': len(self.removals),
+                               'params': params, 'macs': macs, **result,
+                               'train_macs': self.train_macs,
+                               'seconds': self.loop.elapsed()})
+      self.writer.write(done, {**result, 'params': params, 'round': rnd})
+      for b in due:
+        self.snapshots.append(self._snapshot(ps, b, result, preds, done))
+        self.budgets.remove(b)
+    if final:
+      return ps, True
+    if not self.budgets and pcfg.stop_after_last_budget:
+      metrics_lib.log('all budgets reached, stopping')
+      return ps, True
+    return self._remove(ps, rnd, done)
+
+  def _remove(self, ps, rnd, done):
+    """Removes the least salient live channel; compacts once `compact_every` are masked."""
+    spec, pcfg = self.spec, self.pcfg
+    alive = {n: np.asarray(ps.mask[n]) > 0 for n in spec.prunable_names}
+    ctx = criteria.Context(spec, ps.train.params,
+                           jax.device_get(ps.saliency) if self.p.criterion.needs_fisher else None,
+                           jax.random.fold_in(self.key, rnd), pcfg, self.size, self.nc)
+    ranked = prune.rank(spec, self.p.criterion.fn(ctx), alive)
+    if not ranked:
+      metrics_lib.log(f'round {rnd}: no prunable channel left, stopping')
+      return ps, True
+    name, c, score = ranked[0]
+    mask = dict(ps.mask)
+    mask[name] = mask[name].at[c].set(0.0)
+    ps = ps.replace(mask=mask, saliency=jax.tree.map(jnp.zeros_like, ps.saliency))
+    # The runner-up says how decisive the removal was (near ties flip under float rounding).
+    runner_up = ([ranked[1][0], int(self.orig[ranked[1][0]][ranked[1][1]]), ranked[1][2]]
+                 if len(ranked) > 1 else None)
+    self.removals.append({'round': rnd, 'step': done, 'layer': name,
+                          'channel': int(self.orig[name][c]), 'score': score,
+                          'params': spec_lib.count_params(_mask_spec(spec, mask), self.nc),
+                          'runner_up': runner_up})
+    dead = sum(int(np.sum(~alive[n])) for n in spec.prunable_names) + 1
+    if dead >= pcfg.compact_every:
+      ps = self._compact(ps)
+    return ps, False
+
+  def history(self) -> dict:
+    return {'removals': self.removals, 'evaluations': self.evaluations}
+
+  def _snapshot(self, ps, budget, result, preds, done) -> dict:
+    """Writes the compacted, tuned network at `budget` with its spec, history and predictions."""
+    spec, nc = self.spec, self.nc
+    out = {'budget': budget, 'params': spec_lib.count_params(spec, nc),
+           'macs': spec_lib.count_macs(spec, self.size, nc),
+           'round': done // self.pcfg.prune_every - 1, 'step': done,
+           'removed': len(self.removals), **result,
+           # The cost of reaching this snapshot (the base network's training not included).
+           'prune_train_macs': self.train_macs, 'prune_seconds': self.loop.elapsed()}
+    d = os.path.join(self.workdir, 'snapshots', str(budget))
+    out['dir'] = d
+    if jax.process_index() == 0:
+      os.makedirs(d, exist_ok=True)
+      spec_lib.save(spec, os.path.join(d, 'spec.json'))
+      stats.save_predictions(os.path.join(d, 'predictions.npz'), **preds)
+    train_lib.write_json(os.path.join(d, 'history.json'), self.history())
+    train_lib.write_json(os.path.join(d, 'result.json'), out)
+    ck = ckpt_lib.Checkpoints(os.path.join(d, 'checkpoint'), keep=1)
+    ck.save(done, ps.train, spec, {'budget': budget})
+    ck.wait()
+    ck.close()
+    metrics_lib.log(f'snapshot at budget {budget:,}: {out["params"]:,} params, '
+                    f'test error {out["test_error"]:.4f} -> {d}')
+    return out
+
+  def log_line(self, done, means):
+    params = spec_lib.count_params(self.spec, self.nc) if not self.removals else (
+        self.removals[-1]['params'])
+    last = (f'  last removed {self.removals[-1]["layer"]}[{self.removals[-1]["channel"]}]'
+            if self.removals else '')
+    return (f'params {params:,}  loss {means["train_loss"]:.4f}{last}',
+            {'params': params, 'round': done // self.pcfg.prune_every})
+
+  def save(self, done, ps, meta):
+    self.ckpts.save(done, ps, self.spec, {
+        **self.history(), 'snapshots': self.snapshots, 'orig': self.orig,
+        'train_macs': self.train_macs, **meta})
+
+  def params(self, ps):
+    return ps.train.params
 
 
 def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None) -> dict:
   """Runs (or resumes) the prune-and-tune run of `config` in `workdir`; returns its summary."""
   pcfg = config.prune
   criteria.get(pcfg.criterion)
-  run = train_lib.setup(config, dataset)
-  r = _Run(config, workdir, run)
-  base_spec, state = load_base(config, r)
-  _validate(config, base_spec, r.ds.num_classes)
+  ts = train_lib.setup(config, dataset)
+  p = PruneSetup(config, ts)
+  base_spec, state = load_base(config, p)
+  _validate(config, base_spec, p.ds.num_classes)
   metrics_lib.make_workdir(workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -158,143 +327,46 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
 
   def load(step):
     spec = ckpts.restore_spec(step)
-    return (spec, *ckpts.restore(ckpt_lib.abstract(r.template(spec),
-                                                   parallel.replicated(r.mesh)), step))
+    return (spec, *ckpts.restore(ckpt_lib.abstract(p.template(spec),
+                                                   parallel.replicated(p.mesh)), step))
 
+  start, meta = 0, {}
   restored = ckpts.restore_newest(load)
   if restored is not None:
-    _, (spec, ps, meta) = restored
-    history, snapshots, orig = meta['history'], meta['snapshots'], meta['orig']
-    start_round, partial = meta['round'], meta.get('partial', 0)
-    pending = preempt.unpack_pending(meta.get('pending'))
-    metrics_lib.log(f'resumed prune run at round {start_round} (+{partial} steps, '
-                    f'{len(history)} removed)')
+    start, (spec, ps, meta) = restored
+    metrics_lib.log(f'resumed prune run at step {start} ({len(meta["removals"])} removed)')
   else:
     spec, ps = base_spec, prune.init_prune_state(state, base_spec)
-    history, snapshots, start_round, partial, pending = [], [], 0, 0, []
-    orig = {n: list(range(w)) for n, w in zip(spec.prunable_names, spec.prunable)}
-  resume_step = start_round * pcfg.prune_every + partial
-  writer = metrics_lib.Writer(workdir, resume_step=resume_step)
-  nc, size = r.ds.num_classes, r.ds.image_shape[0]
-  budgets = sorted((b for b in pcfg.budgets if b not in {s['budget'] for s in snapshots}),
-                   reverse=True)
-  base_params = spec_lib.count_params(base_spec, nc)
+  writer = metrics_lib.Writer(workdir, resume_step=start)
+  base_params = spec_lib.count_params(base_spec, p.ds.num_classes)
   metrics_lib.log(f'pruning {base_spec.family} ({base_params:,} params) with '
-                  f'{pcfg.criterion}: {pcfg.rounds} rounds of {pcfg.prune_every} steps, '
+                  f'{pcfg.criterion}: {pcfg.rounds} rounds of {pcfg.prune_every} steps at lr '
+                  f'{p.lr:g}, '
                   f'budgets {tuple(pcfg.budgets)}')
 
-  step_fn, eval_fn = r.compile(spec)
-  progress = metrics_lib.Progress(pcfg.rounds, start_round, unit='round')
-  key = jax.random.key(config.seed + 1)
-  t0 = time.perf_counter()
-
-  def save(step, **meta):
-    ckpts.save(step, ps, spec, {'history': history, 'snapshots': snapshots, 'orig': orig,
-                                'pending': preempt.pack_pending(pending), **meta})
-
-  def check(losses, first_step):  # the NaN/Inf guard, before a removal or a save
-    preempt.check_finite(losses, first_step, ps.train.params, f'prune run in {workdir}',
-                         ckpts.describe_latest)
-
-  with preempt.Preemption() as preemption:
-    for rnd in range(start_round, pcfg.rounds):
-      first = rnd * pcfg.prune_every
-      skip, partial, new, preempted = partial, 0, [], None
-      for step, batch in train_lib.batches(r.ds, config.seed, pcfg.batch_size, first + skip,
-                                           first + pcfg.prune_every, r.mesh):
-        ps, m = step_fn(ps, batch)
-        new.append(m)
-        if step + 1 < first + pcfg.prune_every and preemption.requested(step + 1):
-          preempted = step + 1 - first  # steps of this round done
-          break
-      new = jax.device_get(new)
-      check([m['train_loss'] for m in new], first + skip + 1)
-      pending.extend(new)
-      if preempted is not None:
-        save(first + preempted, round=rnd, partial=preempted)
-        preempt.stop(f'round {rnd} after {preempted} of its {pcfg.prune_every} steps', ckpts,
-                     writer)
-      alive = {n: np.asarray(ps.mask[n]) > 0 for n in spec.prunable_names}
-      ctx = criteria.Context(spec, ps.train.params,
-                             jax.device_get(ps.saliency) if r.criterion.needs_fisher else None,
-                             jax.random.fold_in(key, rnd), pcfg, size, nc)
-      ranked = prune.rank(spec, r.criterion.fn(ctx), alive)
-      if not ranked:
-        metrics_lib.log(f'round {rnd}: no prunable channel left, stopping')
-        break
-      name, c, score = ranked[0]
-      mask = dict(ps.mask)
-      mask[name] = mask[name].at[c].set(0.0)
-      ps = ps.replace(mask=mask, saliency=jax.tree.map(jnp.zeros_like, ps.saliency))
-      live_spec = _mask_spec(spec, mask)
-      live_params = spec_lib.count_params(live_spec, nc)
-      # The runner-up says how decisive the removal was (near ties flip under float rounding).
-      runner_up = ([ranked[1][0], int(orig[ranked[1][0]][ranked[1][1]]), ranked[1][2]]
-                   if len(ranked) > 1 else None)
-      history.append({'round': rnd, 'step': first + pcfg.prune_every, 'layer': name,
-                      'channel': int(orig[name][c]), 'score': score, 'params': live_params,
-                      'runner_up': runner_up})
-      dead = sum(int(np.sum(~alive[n])) for n in spec.prunable_names) + 1
-      due = [b for b in budgets if live_params <= b]
-      if due or dead >= pcfg.compact_every:
-        ps, spec, orig = _compact(ps, spec, orig)
-        ps = parallel.replicate(r.mesh, ps)  # fresh masks are process-local arrays
-        step_fn, eval_fn = r.compile(spec)
-      for b in due:
-        snapshots.append(_snapshot(r, ps, spec, history, b, eval_fn))
-        budgets.remove(b)
-      done = rnd + 1
-      if done % pcfg.log_every_rounds == 0 or done == pcfg.rounds:
-        means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
-        pending = []
-        writer.write(done * pcfg.prune_every, {**means, 'params': live_params, 'round': done})
-        metrics_lib.log(f'{progress.tick(done)}  params {live_params:,}  '
-                        f'loss {means["train_loss"]:.4f}  '
-                        f'last removed {name}[{history[-1]["channel"]}]')
-      if done % pcfg.checkpoint_every_rounds == 0 or done == pcfg.rounds:
-        save(done * pcfg.prune_every, round=done)
-      if not budgets and pcfg.stop_after_last_budget:
-        metrics_lib.log('all budgets reached, stopping')
-        break
-      if done < pcfg.rounds and preemption.requested(done * pcfg.prune_every):
-        if done % pcfg.checkpoint_every_rounds:
-          save(done * pcfg.prune_every, round=done)
-        preempt.stop(f'{done} of {pcfg.rounds} rounds', ckpts, writer)
+  task = _Pruning(p, workdir, ckpts, writer, spec, meta)
+  every = pcfg.prune_every
+  total = (pcfg.rounds + 1) * every
+  loop = loop_lib.Loop(ckpts=ckpts, writer=writer, where=f'prune run in {workdir}',
+                       total=total, period=every, log_every=pcfg.log_every_rounds * every,
+                       checkpoint_every=pcfg.checkpoint_every_rounds * every,
+                       log_period_ends=False, unit=('round', every), restored_meta=meta)
+  task.loop = loop
+  if not meta.get('finished'):
+    batches = input_pipeline.train_batches(config, p.ds, seed=p.seed,
+                                           batch_size=pcfg.batch_size, start=start,
+                                           stop=total, mesh=p.mesh)
+    loop.run(task, ps, batches, start)
   ckpts.wait()
   ckpts.close()
   writer.close()
+  for b in task.budgets:
+    metrics_lib.log(f'budget {b:,} not reached in {pcfg.rounds} rounds')
   summary = {'criterion': pcfg.criterion, 'base_params': base_params,
-             'removed': len(history), 'compilations': r.compilations,
-             'seconds': time.perf_counter() - t0, 'snapshots': snapshots}
-  if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, 'history.json'), history)
-    _write_json(os.path.join(workdir, 'summary.json'), summary)
+             'removed': len(task.removals), 'compilations': task.compilations,
+             'lr': p.lr, 'data_seed': p.seed,
+             'seconds': meta['elapsed_s'] if meta.get('finished') else loop.elapsed(),
+             'train_macs': task.train_macs, 'snapshots': task.snapshots}
+  train_lib.write_json(os.path.join(workdir, 'history.json'), task.history())
+  train_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary
-
-
-def _write_json(path, obj):
-  with open(path, 'w') as f:
-    json.dump(obj, f, indent=1)
-
-
-def _snapshot(r: _Run, ps, spec, history, budget, eval_fn) -> dict:
-  """Writes the compacted network at `budget` with its spec, history and test error."""
-  nc = r.ds.num_classes
-  result = {'budget': budget, 'params': spec_lib.count_params(spec, nc),
-            'macs': spec_lib.count_macs(spec, r.ds.image_shape[0], nc),
-            'round': history[-1]['round'] + 1, 'step': history[-1]['step'],
-            'removed': len(history), **r.evaluate(eval_fn, ps)}
-  d = os.path.join(r.workdir, 'snapshots', str(budget))
-  result['dir'] = d
-  if jax.process_index() == 0:
-    os.makedirs(d, exist_ok=True)
-    spec_lib.save(spec, os.path.join(d, 'spec.json'))
-    _write_json(os.path.join(d, 'history.json'), history)
-    _write_json(os.path.join(d, 'result.json'), result)
-  ck = ckpt_lib.Checkpoints(os.path.join(d, 'checkpoint'), keep=1)
-  ck.save(result['step'], ps.train, spec, {'budget': budget})
-  ck.wait()
-  ck.close()
-  metrics_lib.log(f'snapshot at budget {budget:,}: {result["params"]:,} params, '
-                  f'test error {result["test_error"]:.4f} -> {d}')
-  return result

@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 from jaxbud import bench
+from jaxbud.errors import UsageError
 
 _FORCE = re.compile(r'--xla_force_host_platform_device_count=\S*')
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # jaxbud importable there
@@ -27,10 +28,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # jaxbud im
 def check_settings(scfg):
   counts = tuple(scfg.device_counts)
   if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
-    raise ValueError(f'scaling.device_counts must be integers >= 1, got {counts!r}')
+    raise UsageError(f'scaling.device_counts must be integers >= 1, got {counts!r}')
   bad = [n for n in counts if scfg.batch_size % n]
   if scfg.batch_size < 1 or bad:
-    raise ValueError(f'scaling.batch_size={scfg.batch_size} must split evenly over every device '
+    raise UsageError(f'scaling.batch_size={scfg.batch_size} must split evenly over every device '
                      f'count; it does not over {bad}')
   bench.check_settings(('train',), (scfg.batch_size,), (scfg.dtype,), scfg.repeats, scfg.warmup,
                        scfg.image_size, scfg.num_classes)

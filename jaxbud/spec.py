@@ -14,6 +14,8 @@ import json
 import math
 from typing import ClassVar
 
+from jaxbud.errors import UsageError
+
 WRN_STEM = 16
 RESNET_STAGES = {  # depth -> (block kind, blocks per stage)
     18: ('basic', (2, 2, 2, 2)),
@@ -26,16 +28,31 @@ RESNET_EXPANSION = {'basic': 1, 'bottleneck': 4}
 
 def _check_int(field, value, minimum):
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f'{field} must be an integer >= {minimum}, got {value!r}')
+    raise UsageError(f'{field} must be an integer >= {minimum}, got {value!r}')
 
 
 def _check_widths(field, widths, count, minimum):
   if not isinstance(widths, tuple):
-    raise ValueError(f'{field} must be a tuple of integers, got {type(widths).__name__}')
+    raise UsageError(f'{field} must be a tuple of integers, got {type(widths).__name__}')
   if len(widths) != count:
-    raise ValueError(f'{field} must have {count} entries for this depth, got {len(widths)}')
+    raise UsageError(f'{field} must have {count} entries for this depth, got {len(widths)}')
   for i, w in enumerate(widths):
     _check_int(f'{field}[{i}]', w, minimum)
+
+
+class _Serialisable:
+  """JSON round trip of a spec dataclass: `to_dict()` / `to_json()`, read back by `from_dict`."""
+
+  def to_dict(self) -> dict:
+    d = {'family': self.family}
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      d[f.name] = ([list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple)
+                   else v)
+    return d
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), separators=(',', ':'))
 
 
 def _conv(h, w, k, cin, cout, stride=1):
@@ -46,7 +63,7 @@ def _conv(h, w, k, cin, cout, stride=1):
 
 
 @dataclasses.dataclass(frozen=True)
-class WRNSpec:
+class WRNSpec(_Serialisable):
   """Pre-activation wide ResNet: residual-stream widths per stage, inner width per block."""
   depth: int
   stage_widths: tuple[int, int, int]
@@ -58,7 +75,7 @@ class WRNSpec:
   def __post_init__(self):
     _check_int('depth', self.depth, 10)
     if (self.depth - 4) % 6:
-      raise ValueError(f'WRN depth must be 6n+4 (10, 16, 22, 28, 34, 40, ...), got {self.depth}')
+      raise UsageError(f'WRN depth must be 6n+4 (10, 16, 22, 28, 34, 40, ...), got {self.depth}')
     _check_widths('stage_widths', self.stage_widths, 3, 1)
     _check_widths('inner', self.inner, 3 * self.blocks_per_stage, 0)
     _check_int('stem', self.stem, 1)
@@ -89,7 +106,7 @@ class WRNSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class DenseNetSpec:
+class DenseNetSpec(_Serialisable):
   """DenseNet-BC: growth rate and the bottleneck width of every dense layer."""
   depth: int
   growth: int
@@ -101,12 +118,12 @@ class DenseNetSpec:
   def __post_init__(self):
     _check_int('depth', self.depth, 10)
     if (self.depth - 4) % 6:
-      raise ValueError(
+      raise UsageError(
           f'DenseNet-BC depth must be 6n+4 (e.g. 40, 100, 190), got {self.depth}')
     _check_int('growth', self.growth, 1)
     _check_widths('bottleneck', self.bottleneck, 3 * self.layers_per_block, 0)
     if not 0 < self.reduction <= 1:
-      raise ValueError(f'reduction must be in (0, 1], got {self.reduction!r}')
+      raise UsageError(f'reduction must be in (0, 1], got {self.reduction!r}')
     _check_int('in_channels', self.in_channels, 1)
 
   @property
@@ -148,7 +165,7 @@ class DenseNetSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class ResNetSpec:
+class ResNetSpec(_Serialisable):
   """ImageNet ResNet (v1.5): per block, the widths of its inner convs (1 basic, 2 bottleneck)."""
   depth: int
   inner: tuple[tuple[int, ...], ...]
@@ -159,14 +176,14 @@ class ResNetSpec:
 
   def __post_init__(self):
     if not isinstance(self.depth, int) or self.depth not in RESNET_STAGES:
-      raise ValueError(f'ResNet depth must be one of {sorted(RESNET_STAGES)}, got {self.depth!r}')
+      raise UsageError(f'ResNet depth must be one of {sorted(RESNET_STAGES)}, got {self.depth!r}')
     _check_widths('stage_widths', self.stage_widths, 4, 1)
     _check_int('stem', self.stem, 1)
     _check_int('in_channels', self.in_channels, 1)
     kind, stages = RESNET_STAGES[self.depth]
     per_block = 1 if kind == 'basic' else 2
     if not isinstance(self.inner, tuple) or len(self.inner) != sum(stages):
-      raise ValueError(f'inner must be a tuple of {sum(stages)} blocks for ResNet-{self.depth}, '
+      raise UsageError(f'inner must be a tuple of {sum(stages)} blocks for ResNet-{self.depth}, '
                        f'got {len(self.inner) if isinstance(self.inner, tuple) else self.inner!r}')
     for i, block in enumerate(self.inner):
       _check_widths(f'inner[{i}]', block, per_block, 0)
@@ -201,7 +218,7 @@ class ResNetSpec:
       inner.append(tuple(widths[k:k + len(block)]))
       k += len(block)
     if k != len(widths):
-      raise ValueError(f'expected {k} prunable widths, got {len(widths)}')
+      raise UsageError(f'expected {k} prunable widths, got {len(widths)}')
     return dataclasses.replace(self, inner=tuple(inner))
 
 
@@ -212,12 +229,12 @@ FAMILIES = {cls.family: cls for cls in (WRNSpec, DenseNetSpec, ResNetSpec)}
 def wrn(depth: int, widen: float, in_channels: int = 3) -> WRNSpec:
   """WRN-depth-widen; fractional widen factors give int(16k), int(32k), int(64k) stage widths."""
   if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-    raise ValueError(f'WRN depth must be 6n+4 (10, 16, 22, 28, 34, 40, ...), got {depth!r}')
+    raise UsageError(f'WRN depth must be 6n+4 (10, 16, 22, 28, 34, 40, ...), got {depth!r}')
   if not widen > 0:
-    raise ValueError(f'widen must be > 0, got {widen!r}')
+    raise UsageError(f'widen must be > 0, got {widen!r}')
   widths = tuple(int(base * widen) for base in (16, 32, 64))
   if min(widths) < 1:
-    raise ValueError(f'widen={widen} gives a stage width of 0; use widen >= {1 / 16}')
+    raise UsageError(f'widen={widen} gives a stage width of 0; use widen >= {1 / 16}')
   n = (depth - 4) // 6
   return WRNSpec(depth, widths, tuple(w for w in widths for _ in range(n)),
                  in_channels=in_channels)
@@ -226,7 +243,7 @@ def wrn(depth: int, widen: float, in_channels: int = 3) -> WRNSpec:
 def densenet_bc(depth: int, growth: int, in_channels: int = 3) -> DenseNetSpec:
   """DenseNet-BC-depth with growth rate k: 4k bottleneck channels in every dense layer."""
   if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-    raise ValueError(f'DenseNet-BC depth must be 6n+4 (e.g. 40, 100, 190), got {depth!r}')
+    raise UsageError(f'DenseNet-BC depth must be 6n+4 (e.g. 40, 100, 190), got {depth!r}')
   n = ((depth - 4) // 3) // 2
   return DenseNetSpec(depth, growth, (4 * growth,) * (3 * n), in_channels=in_channels)
 
@@ -234,7 +251,7 @@ def densenet_bc(depth: int, growth: int, in_channels: int = 3) -> DenseNetSpec:
 def resnet(depth: int, in_channels: int = 3) -> ResNetSpec:
   """ImageNet ResNet-18/34 (basic blocks) or ResNet-50 (bottleneck blocks) at standard widths."""
   if not isinstance(depth, int) or depth not in RESNET_STAGES:
-    raise ValueError(f'ResNet depth must be one of {sorted(RESNET_STAGES)}, got {depth!r}')
+    raise UsageError(f'ResNet depth must be one of {sorted(RESNET_STAGES)}, got {depth!r}')
   kind, stages = RESNET_STAGES[depth]
   inner = tuple(((w,) if kind == 'basic' else (w, w))
                 for n, w in zip(stages, RESNET_WIDTHS) for _ in range(n))
@@ -253,24 +270,20 @@ def scale_prunable(spec: Spec, factor: float, minimum: int = 1, keep_zeros: bool
 
 
 def to_dict(spec: Spec) -> dict:
-  d = {'family': spec.family}
-  for f in dataclasses.fields(spec):
-    v = getattr(spec, f.name)
-    d[f.name] = [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v
-  return d
+  return spec.to_dict()
 
 
 def from_dict(d: dict) -> Spec:
   if not isinstance(d, dict):
-    raise ValueError(f'a spec must be a JSON object, got {type(d).__name__}')
+    raise UsageError(f'a spec must be a JSON object, got {type(d).__name__}')
   family = d.get('family')
   if not isinstance(family, str) or family not in FAMILIES:
-    raise ValueError(f'unknown spec family {family!r}; expected one of {sorted(FAMILIES)}')
+    raise UsageError(f'unknown spec family {family!r}; expected one of {sorted(FAMILIES)}')
   cls = FAMILIES[family]
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(d) - names - {'family'})
   if unknown:
-    raise ValueError(f'unknown field(s) {unknown} for family {family!r}; '
+    raise UsageError(f'unknown field(s) {unknown} for family {family!r}; '
                      f'expected {sorted(names)}')
 
   def tuples(v):
@@ -278,18 +291,18 @@ def from_dict(d: dict) -> Spec:
   try:
     return cls(**{k: tuples(v) for k, v in d.items() if k != 'family'})
   except TypeError as e:  # missing fields
-    raise ValueError(f'invalid {family} spec: {e}') from None
+    raise UsageError(f'invalid {family} spec: {e}') from None
 
 
 def to_json(spec: Spec) -> str:
-  return json.dumps(to_dict(spec), separators=(',', ':'))
+  return spec.to_json()
 
 
 def from_json(text: str) -> Spec:
   try:
     d = json.loads(text)
   except json.JSONDecodeError as e:
-    raise ValueError(f'spec is not valid JSON: {e}') from None
+    raise UsageError(f'spec is not valid JSON: {e}') from None
   return from_dict(d)
 
 
@@ -303,16 +316,11 @@ def load(path) -> Spec:
     with open(path) as f:
       text = f.read()
   except OSError as e:
-    raise ValueError(f'cannot read spec file {path}: {e.strerror}') from None
+    raise UsageError(f'cannot read spec file {path}: {e.strerror}') from None
   try:
     return from_json(text)
   except ValueError as e:
-    raise ValueError(f'spec file {path}: {e}') from None
-
-
-for _cls in FAMILIES.values():
-  _cls.to_json = to_json
-  _cls.to_dict = to_dict
+    raise UsageError(f'spec file {path}: {e}') from None
 
 
 def _walk(spec: Spec, image_size: int, num_classes: int):

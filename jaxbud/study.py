@@ -22,6 +22,7 @@ from jaxbud import metrics as metrics_lib
 from jaxbud import prune_tune
 from jaxbud import spec as spec_lib
 from jaxbud import train as train_lib
+from jaxbud.errors import UsageError
 
 REDUCED = ('wrn_depth', 'wrn_width', 'wrn_bottleneck',
            'densenet_depth', 'densenet_growth', 'densenet_bottleneck')
@@ -80,7 +81,7 @@ def reduced_points(family: str, base: spec_lib.Spec, budgets, depths, num_classe
       s = closest(lambda z: base.with_prunable(max(1, int(w * z)) for w in base.prunable),
                   b, 0.0, 1.0, num_classes)
     else:
-      raise ValueError(f'unknown reduced family {family!r}; expected one of {REDUCED}')
+      raise UsageError(f'unknown reduced family {family!r}; expected one of {REDUCED}')
     points.append(Point('reduced', family, f'budget{b}', s, b))
   return points
 
@@ -96,21 +97,21 @@ def _validate(config, base: spec_lib.Spec, num_classes: int):
   base_params = spec_lib.count_params(base, num_classes)
   for f in scfg.reduced:
     if f not in REDUCED:
-      raise ValueError(f'unknown study.reduced family {f!r}; expected some of {REDUCED}')
+      raise UsageError(f'unknown study.reduced family {f!r}; expected some of {REDUCED}')
     if not f.startswith(base.family.split('_')[0]):
-      raise ValueError(f'study.reduced family {f!r} does not fit the base {base.family}')
+      raise UsageError(f'study.reduced family {f!r} does not fit the base {base.family}')
   if not scfg.budgets:
-    raise ValueError('study.budgets is empty; give parameter counts below the base network')
+    raise UsageError('study.budgets is empty; give parameter counts below the base network')
   for b in scfg.budgets:
     if not 0 < b < base_params:
-      raise ValueError(f'study.budgets entry {b} must be in (0, {base_params}), the base size')
+      raise UsageError(f'study.budgets entry {b} must be in (0, {base_params}), the base size')
   if scfg.main_criterion not in scfg.criteria:
-    raise ValueError(f'study.main_criterion {scfg.main_criterion!r} must be one of '
+    raise UsageError(f'study.main_criterion {scfg.main_criterion!r} must be one of '
                      f'study.criteria {tuple(scfg.criteria)}')
   if scfg.copycat_budget not in scfg.budgets:
-    raise ValueError(f'study.copycat_budget {scfg.copycat_budget} must be one of study.budgets')
+    raise UsageError(f'study.copycat_budget {scfg.copycat_budget} must be one of study.budgets')
   if not scfg.seeds:
-    raise ValueError('study.seeds is empty; give at least one seed, e.g. (0,)')
+    raise UsageError('study.seeds is empty; give at least one seed, e.g. (0,)')
 
 
 def _read(path):

@@ -1,16 +1,15 @@
-"""Training from a config: pure jitted steps, epoch-ordered data, checkpoints, metrics.
+"""Training from a config: pure jitted steps around the shared loop (jaxbud.loop).
 
 `train_step(state, batch) -> (state, metrics)` and `eval_step(state, batch) -> sums` are pure
 functions built once per model by `make_train_step` / `make_eval_step` and jitted with the
 state donated. Randomness is `fold_in(key(seed), step)`; the data order of epoch e is a
-permutation seeded by (seed, e). Both are functions of the step alone, so a run restored from a
-checkpoint continues exactly where it stopped.
+permutation seeded by (seed, e) (jaxbud.input_pipeline). Both are functions of the step alone,
+so a run restored from a checkpoint continues exactly where it stopped.
 """
 import dataclasses
 import functools
 import json
 import os
-import time
 
 import flax.struct
 import jax
@@ -22,11 +21,14 @@ import optax
 from jaxbud import augment
 from jaxbud import checkpoint as ckpt_lib
 from jaxbud import data as data_lib
+from jaxbud import input_pipeline
+from jaxbud import loop as loop_lib
 from jaxbud import metrics as metrics_lib
 from jaxbud import models
 from jaxbud import parallel
-from jaxbud import preempt
 from jaxbud import spec as spec_lib
+from jaxbud import stats
+from jaxbud.errors import UsageError
 
 SCHEDULES = ('multistep', 'cosine', 'constant')
 DTYPES = ('float32', 'bfloat16')
@@ -44,7 +46,7 @@ def build_spec(model_cfg, in_channels: int) -> spec_lib.Spec:
   if model_cfg.get('spec_file'):
     spec = spec_lib.load(model_cfg.spec_file)
     if spec.in_channels != in_channels:
-      raise ValueError(f'spec file {model_cfg.spec_file} expects {spec.in_channels} input '
+      raise UsageError(f'spec file {model_cfg.spec_file} expects {spec.in_channels} input '
                        f'channels but the dataset has {in_channels}')
     return spec
   family = model_cfg.family
@@ -55,12 +57,12 @@ def build_spec(model_cfg, in_channels: int) -> spec_lib.Spec:
   elif family == 'resnet':
     spec = spec_lib.resnet(model_cfg.depth, in_channels)
   else:
-    raise ValueError(f'unknown model.family {family!r}; expected one of '
+    raise UsageError(f'unknown model.family {family!r}; expected one of '
                      f'{sorted(spec_lib.FAMILIES)}')
   scale = model_cfg.get('bottleneck_scale', 1.0)
   if scale != 1.0:
     if not scale > 0:
-      raise ValueError(f'model.bottleneck_scale must be > 0, got {scale}')
+      raise UsageError(f'model.bottleneck_scale must be > 0, got {scale}')
     spec = spec.with_prunable(max(1, int(w * scale)) for w in spec.prunable)
   return spec
 
@@ -75,7 +77,7 @@ def make_optimizer(tcfg, steps_per_epoch: int) -> optax.GradientTransformation:
   elif tcfg.schedule == 'constant':
     lr = tcfg.lr
   else:
-    raise ValueError(f'unknown train.schedule {tcfg.schedule!r}; expected one of {SCHEDULES}')
+    raise UsageError(f'unknown train.schedule {tcfg.schedule!r}; expected one of {SCHEDULES}')
   # add_decayed_weights before sgd: grad + wd * w enters the momentum, as in torch.optim.SGD.
   return optax.chain(optax.add_decayed_weights(tcfg.weight_decay),
                      optax.sgd(lr, momentum=tcfg.momentum or None))
@@ -140,103 +142,74 @@ def make_train_step(model, tx, ds: data_lib.Dataset, *, seed: int, crop_pad: int
 
 
 def make_eval_step(model, ds: data_lib.Dataset):
-  """Sums of loss and correct predictions over the rows of a batch where mask is 1."""
+  """Sums of loss and correct predictions over the rows of a batch where mask is 1, and every
+  row's predicted class ('pred', 'label', 'valid': mask > 0) for per-example statistics."""
 
   def eval_step(state: TrainState, batch):
     x = augment.normalize(batch['image'], ds.mean, ds.std, model.dtype)
     logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x)
     mask = batch['mask']
+    pred = jnp.argmax(logits, -1).astype(jnp.int32)
     return {'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),
-            'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
-            'count': jnp.sum(mask)}
+            'correct': jnp.sum((pred == batch['label']) * mask),
+            'count': jnp.sum(mask),
+            'pred': pred, 'label': batch['label'], 'valid': mask > 0}
 
   return eval_step
 
 
-def test_batches(images, labels, batch_size: int):
-  """This process's rows of the test split's global batches, the last one padded (mask 0)."""
-  n = len(labels)
-  for start in range(0, n, batch_size):
-    rows = _local_rows({'i': np.arange(start, start + batch_size)})['i']  # read only these
-    idx = rows[rows < n]
-    pad = len(rows) - len(idx)
-    batch = {'image': images[idx], 'label': labels[idx], 'mask': np.ones(len(idx), np.float32)}
-    if pad:
-      batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-               for k, v in batch.items()}
-    yield batch
+def evaluate(eval_step, state, batches, mesh) -> tuple[dict, dict]:
+  """Test loss and error over a split, and its per-example predictions.
 
-
-def evaluate(eval_step, state, images, labels, batch_size: int, mesh, host_batches=None) -> dict:
-  """Test loss and error over the whole split (last batch padded and masked).
-
-  `host_batches` (this process's rows of each global batch, with 'mask') replaces the arrays,
-  e.g. the streamed ImageNet validation split (`eval_batches`).
+  `batches`: this process's rows of each global test batch with 'mask' (see
+  `input_pipeline.eval_batches`). Returns (metrics, {'predictions', 'labels'}): the predicted
+  class of every test image and its label, in split order.
   """
-  sums = None
-  for batch in host_batches or test_batches(images, labels, batch_size):
-    out = eval_step(state, parallel.put_batch(mesh, batch))
+  sums, preds, labels = None, [], []
+  for batch in batches:
+    out = dict(eval_step(state, parallel.put_batch(mesh, batch)))
+    valid = _host(out.pop('valid'))
+    preds.append(_host(out.pop('pred'))[valid])
+    labels.append(_host(out.pop('label'))[valid])
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
-  return {'test_loss': float(sums['loss'] / sums['count']),
-          'test_error': float(1.0 - sums['correct'] / sums['count'])}
+  metrics = {'test_loss': float(sums['loss'] / sums['count']),
+             'test_error': float(1.0 - sums['correct'] / sums['count'])}
+  return metrics, {'predictions': np.concatenate(preds).astype(np.int32),
+                   'labels': np.concatenate(labels).astype(np.int32)}
 
 
-def _local_rows(batch: dict) -> dict:
-  """This process's contiguous share of a global host batch."""
-  n, p = jax.process_count(), jax.process_index()
-  return {k: v[len(v) * p // n:len(v) * (p + 1) // n] for k, v in batch.items()}
+def _host(x) -> np.ndarray:
+  """A replicated global array as numpy (each process holds all of it)."""
+  return np.asarray(x.addressable_data(0))
 
 
-epoch_order = data_lib.epoch_order
+def final_lr(tcfg) -> float:
+  """The learning rate a schedule ends at (the paper fine-tunes pruned networks at it)."""
+  if tcfg.schedule == 'multistep':
+    return tcfg.lr * tcfg.lr_decay ** len(tcfg.milestones)
+  if tcfg.schedule == 'constant':
+    return tcfg.lr
+  raise UsageError(f'train.schedule={tcfg.schedule!r} ends at learning rate 0; give the '
+                   'fine-tuning rate explicitly (prune.lr > 0)')
 
 
-def batches(ds: data_lib.Dataset, seed: int, batch_size: int, start: int, stop: int, mesh):
-  """Yields (step, global batch) for steps start..stop-1; epoch e is a (seed, e) permutation."""
-  spe = len(ds.train_labels) // batch_size
-  for step in range(start, stop):
-    epoch, i = divmod(step, spe)
-    if i == 0 or step == start:
-      order = epoch_order(seed, epoch, len(ds.train_labels))
-    idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
-    idx = _local_rows({'i': idx})['i']  # each process reads (decodes) only its own rows
-    batch = {'image': ds.train_images[idx], 'label': ds.train_labels[idx]}
-    yield step, parallel.put_batch(mesh, batch)
+def scale_schedule(tcfg, factor: float):
+  """A copy of train config `tcfg` with the whole schedule stretched by `factor`.
 
-
-def _streamed(config) -> bool:
-  """Whether the dataset is read through jaxbud.data.stream (ImageNet) rather than arrays."""
-  return config.data.name == 'imagenet2012'
-
-
-def train_batches(config, ds: data_lib.Dataset, start: int, stop: int, mesh):
-  """`batches`, or for ImageNet the same steps streamed, cropped and flipped by workers."""
-  dcfg, tcfg = config.data, config.train
-  if not _streamed(config):
-    yield from batches(ds, config.seed, tcfg.batch_size, start, stop, mesh)
-    return
-  from jaxbud.data import stream  # pylint: disable=g-import-not-at-top
-  source = stream.open_source(dcfg.name, 'train', dcfg.data_dir or None)
-  for step, batch in stream.train_batches(
-      source, seed=config.seed, batch_size=tcfg.batch_size, start=start, stop=stop,
-      image_size=dcfg.image_size, flip=dcfg.flip, workers=dcfg.get('stream_workers', 0)):
-    yield step, parallel.put_batch(mesh, batch)
-
-
-def eval_batches(config, ds: data_lib.Dataset):
-  """Host test batches for `evaluate`: None (the in-memory arrays), or for ImageNet the
-  validation split streamed as centre crops, decoded by the stream's workers."""
-  dcfg = config.data
-  if not _streamed(config):
-    return None
-  from jaxbud.data import stream  # pylint: disable=g-import-not-at-top
-  source = stream.open_source(dcfg.name, 'validation', dcfg.data_dir or None)
-  return stream.eval_batches(source, batch_size=config.train.eval_batch_size,
-                             image_size=dcfg.image_size, workers=dcfg.get('stream_workers', 0))
+  Epochs become round(epochs * factor) and multistep milestones scale with them, as Liu et
+  al.'s Scratch-B does (an lr step at 60 of 200 epochs moves to 120 of 400).
+  """
+  out = ml_collections.ConfigDict(tcfg.to_dict())
+  epochs = int(round(tcfg.epochs * factor))
+  ratio = epochs / tcfg.epochs if tcfg.epochs else 1.0
+  out.epochs = epochs
+  out.milestones = tuple(m * ratio for m in tcfg.milestones)
+  return out
 
 
 @dataclasses.dataclass
-class Run:
+class TrainSetup:
   """Everything a training run is built from; validated before anything is written."""
   config: ml_collections.ConfigDict
   dataset: data_lib.Dataset
@@ -250,17 +223,18 @@ class Run:
     return self.config.train.epochs * self.steps_per_epoch
 
 
-def setup(config, dataset: data_lib.Dataset | None = None) -> Run:
+def setup(config, dataset: data_lib.Dataset | None = None) -> TrainSetup:
   """Validates `config`, loads the data and builds spec, model and optimizer (writes nothing)."""
   tcfg = config.train
-  if tcfg.epochs < 0:
-    raise ValueError(f'train.epochs must be >= 0, got {tcfg.epochs}')
-  if tcfg.batch_size < 1:
-    raise ValueError(f'train.batch_size must be >= 1, got {tcfg.batch_size}')
+  for field in ('epochs', 'batch_size', 'eval_batch_size', 'eval_every_epochs',
+                'log_every_steps', 'checkpoint_every_epochs', 'keep_checkpoints'):
+    low = 0 if field == 'epochs' else 1
+    if tcfg[field] < low:
+      raise UsageError(f'train.{field} must be >= {low}, got {tcfg[field]}')
   parallel.check_batch(tcfg.batch_size, 'train.batch_size')
   parallel.check_batch(tcfg.eval_batch_size, 'train.eval_batch_size')
   if config.model.dtype not in DTYPES:
-    raise ValueError(f'unknown model.dtype {config.model.dtype!r}; expected one of {DTYPES}')
+    raise UsageError(f'unknown model.dtype {config.model.dtype!r}; expected one of {DTYPES}')
   if dataset is None:
     dcfg = config.data
     dataset = data_lib.load(dcfg.name, data_dir=dcfg.data_dir or None,
@@ -268,103 +242,121 @@ def setup(config, dataset: data_lib.Dataset | None = None) -> Run:
   spec = build_spec(config.model, dataset.image_shape[-1])
   steps_per_epoch = len(dataset.train_labels) // tcfg.batch_size
   if steps_per_epoch < 1:
-    raise ValueError(f'train.batch_size={tcfg.batch_size} is larger than the '
+    raise UsageError(f'train.batch_size={tcfg.batch_size} is larger than the '
                      f'{len(dataset.train_labels)} training images of {dataset.name}')
   model = models.build(spec, dataset.num_classes, config.model.dtype)
-  return Run(config, dataset, spec, model, make_optimizer(tcfg, steps_per_epoch),
-             steps_per_epoch)
+  return TrainSetup(config, dataset, spec, model, make_optimizer(tcfg, steps_per_epoch),
+                    steps_per_epoch)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run | None = None):
-  """Trains (or resumes) the run in `workdir`; returns the final metrics dict."""
-  run = run or setup(config)
-  ds, tcfg = run.dataset, config.train
+def write_json(path, obj):
+  """`obj` as indented JSON at `path` (process 0 writes; the others skip)."""
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      json.dump(obj, f, indent=1)
+
+
+class _Training:
+  """The training run as a `loop.Task`: evaluation and checkpoints at epoch ends."""
+
+  def __init__(self, ts: TrainSetup, workdir, ckpts, writer, mesh):
+    config = ts.config
+    self.ts, self.tcfg, self.workdir, self.ckpts, self.writer, self.mesh = (
+        ts, config.train, workdir, ckpts, writer, mesh)
+    crop_pad, flip = input_pipeline.device_augment(config)
+    self.step = parallel.jit(make_train_step(ts.model, ts.tx, ts.dataset, seed=config.seed,
+                                             crop_pad=crop_pad, flip=flip), donate_argnums=0)
+    self.eval_step = parallel.jit(make_eval_step(ts.model, ts.dataset),
+                                  out_shardings=parallel.replicated(mesh))
+    self.last, self.predictions = {}, None
+
+  def evaluate(self, state):
+    self.last, self.predictions = evaluate(
+        self.eval_step, state, input_pipeline.eval_batches(self.ts.config, self.ts.dataset),
+        self.mesh)
+    return self.last
+
+  def end_period(self, state, done):
+    spe, total = self.ts.steps_per_epoch, self.ts.total_steps
+    ep = done // spe
+    if ep % self.tcfg.eval_every_epochs == 0 or done == total:
+      last = self.evaluate(state)
+      metrics_lib.log(f'epoch {ep}: test error {last["test_error"]:.4f}, '
+                      f'test loss {last["test_loss"]:.4f}')
+      self.writer.write(done, {**last, 'epoch': ep})
+    return state, False
+
+  def log_line(self, done, means):
+    return (f'epoch {done / self.ts.steps_per_epoch:.2f}  loss {means["train_loss"]:.4f}  '
+            f'acc {means["train_accuracy"]:.4f}', {})
+
+  def save(self, done, state, meta):
+    self.ckpts.save(done, state, self.ts.spec, {'epoch': done / self.ts.steps_per_epoch, **meta})
+
+  def params(self, state):
+    return state.params
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       ts: TrainSetup | None = None):
+  """Trains (or resumes) the run in `workdir`; returns the final metrics dict.
+
+  Writes final.json (test error and loss, params, MACs, steps, training compute, seconds) and
+  predictions.npz (the predicted class of every test image) when the run ends.
+  """
+  ts = ts or setup(config)
+  ds, tcfg = ts.dataset, config.train
   metrics_lib.make_workdir(workdir)
 
   mesh = parallel.make_mesh()
-  repl = parallel.replicated(mesh)
-  init = jax.jit(functools.partial(create_state, run.model, run.tx,
-                                   image_shape=ds.image_shape), out_shardings=repl)
+  init = jax.jit(functools.partial(create_state, ts.model, ts.tx, image_shape=ds.image_shape),
+                 out_shardings=parallel.replicated(mesh))
   # 'rbg' keys: the same initialisers, compiled about twice as fast as threefry on CPU, which
   # matters when a study trains dozens of small networks.
   state = init(jax.random.key(config.seed, impl='rbg'))
   ckpts = ckpt_lib.Checkpoints(os.path.join(workdir, 'checkpoints'), tcfg.keep_checkpoints)
-  start, pending = 0, []
-  restored = ckpts.restore_newest(functools.partial(_restore, ckpts, run.spec, state, workdir))
+  start, meta = 0, {}
+  restored = ckpts.restore_newest(functools.partial(_restore, ckpts, ts.spec, state, workdir))
   if restored is not None:
     start, (state, meta) = restored
-    pending = preempt.unpack_pending(meta.get('pending'))
     metrics_lib.log(f'resumed from step {start} in {workdir}')
   if jax.process_index() == 0:  # after the checks above: a refused run changes nothing
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))
-    spec_lib.save(run.spec, os.path.join(workdir, 'spec.json'))
+    spec_lib.save(ts.spec, os.path.join(workdir, 'spec.json'))
   writer = metrics_lib.Writer(workdir, resume_step=start)  # drops lines a killed run wrote
 
-  # Streamed ImageNet batches come cropped and flipped from the host.
-  flip = config.data.flip and not _streamed(config)
-  train_step = parallel.jit(make_train_step(run.model, run.tx, ds, seed=config.seed,
-                                            crop_pad=config.data.crop_pad, flip=flip),
-                            donate_argnums=0)
-  eval_step = parallel.jit(make_eval_step(run.model, ds))
-  spe, total = run.steps_per_epoch, run.total_steps
-  progress = metrics_lib.Progress(total, start)
-  metrics_lib.log(f'{run.spec.family} spec {run.spec.to_json()}: '
-                  f'{spec_lib.count_params(run.spec, ds.num_classes):,} params, '
+  spe, total = ts.steps_per_epoch, ts.total_steps
+  task = _Training(ts, workdir, ckpts, writer, mesh)
+  loop = loop_lib.Loop(ckpts=ckpts, writer=writer, where=f'training in {workdir}', total=total,
+                       period=spe, log_every=tcfg.log_every_steps,
+                       checkpoint_every=tcfg.checkpoint_every_epochs * spe,
+                       restored_meta=meta)
+  metrics_lib.log(f'{ts.spec.family} spec {ts.spec.to_json()}: '
+                  f'{spec_lib.count_params(ts.spec, ds.num_classes):,} params, '
                   f'{spe} steps/epoch, {total} steps')
-  last = {}
-  t_start = time.perf_counter()
-
-  def check(done, pending, state):  # the NaN/Inf guard, before metrics or state are written
-    preempt.check_finite([m['train_loss'] for m in pending], done - len(pending) + 1,
-                         state.params, f'training in {workdir}',
-                         ckpts.describe_latest)
-
-  with preempt.Preemption() as preemption:
-    for step, batch in train_batches(config, ds, start, total, mesh):
-      state, m = train_step(state, batch)
-      pending.append(m)
-      done, saved = step + 1, False
-      if done % tcfg.log_every_steps == 0 or done % spe == 0 or done == total:
-        pending = jax.device_get(pending)
-        check(done, pending, state)
-        means = jax.tree.map(lambda *xs: float(np.mean(xs)), *pending)
-        pending = []
-        means['steps_per_s'] = progress.rate(done)
-        metrics_lib.log(f'{progress.tick(done)}  epoch {done / spe:.2f}  '
-                        f'loss {means["train_loss"]:.4f}  acc {means["train_accuracy"]:.4f}')
-        writer.write(done, means)
-      if done % spe == 0 or done == total:
-        ep = done // spe
-        if ep % tcfg.eval_every_epochs == 0 or done == total:
-          last = evaluate(eval_step, state, ds.test_images, ds.test_labels,
-                          tcfg.eval_batch_size, mesh, eval_batches(config, ds))
-          metrics_lib.log(f'epoch {ep}: test error {last["test_error"]:.4f}, '
-                          f'test loss {last["test_loss"]:.4f}')
-          writer.write(done, {**last, 'epoch': ep})
-        if ep % tcfg.checkpoint_every_epochs == 0 or done == total:
-          ckpts.save(done, state, run.spec, {'epoch': ep})
-          saved = True
-      if done < total and preemption.requested(done):
-        if not saved:
-          pending = jax.device_get(pending)
-          check(done, pending, state)
-          ckpts.save(done, state, run.spec, {'epoch': done / spe,
-                                             'pending': preempt.pack_pending(pending)})
-        preempt.stop(f'step {done} of {total}', ckpts, writer)
-  if not last:  # nothing left to train: report the restored state
-    last = evaluate(eval_step, state, ds.test_images, ds.test_labels, tcfg.eval_batch_size, mesh,
-                    eval_batches(config, ds))
+  batches = input_pipeline.train_batches(config, ds, seed=config.seed,
+                                         batch_size=tcfg.batch_size, start=start, stop=total,
+                                         mesh=mesh)
+  state, _ = loop.run(task, state, batches, start)
+  if not task.last:  # nothing left to train: report the restored state
+    task.evaluate(state)
   ckpts.wait()
   ckpts.close()
   writer.close()
-  final = {**last, 'step': total, 'params': spec_lib.count_params(run.spec, ds.num_classes),
-           'macs': spec_lib.count_macs(run.spec, ds.image_shape[0], ds.num_classes),
-           'train_seconds': time.perf_counter() - t_start}
+  macs = spec_lib.count_macs(ts.spec, ds.image_shape[0], ds.num_classes)
+  final = {**task.last, 'step': total, 'params': spec_lib.count_params(ts.spec, ds.num_classes),
+           'macs': macs, 'train_macs': training_macs(macs, total * tcfg.batch_size),
+           'train_seconds': loop.elapsed()}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'final.json'), 'w') as f:
-      json.dump(final, f, indent=2)
+    stats.save_predictions(os.path.join(workdir, 'predictions.npz'), **task.predictions)
+  write_json(os.path.join(workdir, 'final.json'), final)
   return final
+
+
+def training_macs(macs_per_image: int, images: int) -> int:
+  """Training compute in multiply-accumulates: forward + backward ~ 3 forward passes."""
+  return 3 * int(macs_per_image) * int(images)
 
 
 def _restore(ckpts, spec, template, workdir, step):

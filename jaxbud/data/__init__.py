@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from jaxbud.errors import UsageError
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -103,4 +105,4 @@ def load(name: str, data_dir: str | None = None, manual_dir: str | None = None,
   if name == 'imagenet2012':
     from jaxbud.data import tfds_data  # pylint: disable=g-import-not-at-top
     return tfds_data.imagenet(data_dir=data_dir, manual_dir=manual_dir, image_size=image_size)
-  raise ValueError(f'unknown dataset {name!r}; expected one of {list(NAMES)}')
+  raise UsageError(f'unknown dataset {name!r}; expected one of {list(NAMES)}')

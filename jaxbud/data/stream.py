@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from jaxbud import data as data_lib
+from jaxbud.errors import UsageError
 
 AREA_RANGE = (0.08, 1.0)      # crop area as a fraction of the image area
 ASPECT_RANGE = (3 / 4, 4 / 3)  # crop width / height, drawn log-uniformly
@@ -47,7 +48,7 @@ def open_source(name: str = 'imagenet2012', split: str = 'train', data_dir: str 
   from jaxbud.data import tfds_data  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
-    raise ValueError(f'{name} is not prepared in {builder.data_dir}; prepare it once with '
+    raise UsageError(f'{name} is not prepared in {builder.data_dir}; prepare it once with '
                      f'jaxbud.data.load({name!r}, data_dir=..., manual_dir=...) '
                      '(see docs/data.md)')
   return tfds_data._data_source(  # pylint: disable=protected-access
@@ -107,9 +108,9 @@ def local_rows(batch_size: int, process_index: int | None = None,
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index must be in [0, {process_count}), got {process_index}')
+    raise UsageError(f'process_index must be in [0, {process_count}), got {process_index}')
   if batch_size < 1 or batch_size % process_count:
-    raise ValueError(f'batch size {batch_size} must be a positive multiple of the '
+    raise UsageError(f'batch size {batch_size} must be a positive multiple of the '
                      f'{process_count} processes, so each reads the same number of rows')
   local = batch_size // process_count
   return slice(process_index * local, (process_index + 1) * local)
@@ -181,12 +182,12 @@ class _EvalBatch:
 
 def _check_common(image_size: int, workers: int, prefetch: int) -> None:
   if image_size < 1:
-    raise ValueError(f'image_size must be >= 1, got {image_size}')
+    raise UsageError(f'image_size must be >= 1, got {image_size}')
   if workers < 0:
-    raise ValueError(f'workers must be >= 0 (0: decode in a thread of this process), '
+    raise UsageError(f'workers must be >= 0 (0: decode in a thread of this process), '
                      f'got {workers}')
   if prefetch < 1:
-    raise ValueError(f'prefetch must be >= 1 batch, got {prefetch}')
+    raise UsageError(f'prefetch must be >= 1 batch, got {prefetch}')
 
 
 def _stream(ds: grain.MapDataset, workers: int, prefetch: int):
@@ -225,9 +226,9 @@ def train_batches(source, *, seed: int, batch_size: int, start: int, stop: int,
   rows = local_rows(batch_size, process_index, process_count)
   _check_common(image_size, workers, prefetch)
   if batch_size > len(source):
-    raise ValueError(f'batch size {batch_size} is larger than the {len(source)} records')
+    raise UsageError(f'batch size {batch_size} is larger than the {len(source)} records')
   if not 0 <= start <= stop:
-    raise ValueError(f'need 0 <= start <= stop, got start={start}, stop={stop}')
+    raise UsageError(f'need 0 <= start <= stop, got start={start}, stop={stop}')
   fn = _TrainStep(source, seed, batch_size, rows, image_size, flip, area_range, aspect_range)
   return _stream(grain.MapDataset.range(start, stop).map(fn), workers, prefetch)
 
@@ -241,7 +242,7 @@ def eval_batches(source, *, batch_size: int, image_size: int, fraction: float = 
   rows = local_rows(batch_size, process_index, process_count)
   _check_common(image_size, workers, prefetch)
   if not 0 < fraction <= 1:
-    raise ValueError(f'fraction must be in (0, 1], got {fraction}')
+    raise UsageError(f'fraction must be in (0, 1], got {fraction}')
   fn = _EvalBatch(source, batch_size, rows, image_size, fraction)
   steps = -(-len(source) // batch_size)
   return _stream(grain.MapDataset.range(steps).map(fn), workers, prefetch)
@@ -280,7 +281,7 @@ def benchmark(workers=(0, 1, 2), num_images: int = 256, width: int = 500, height
   source = synthetic_source(num_images, width, height)
   steps = epochs * (num_images // batch_size)
   if steps < 2:
-    raise ValueError(f'{epochs} epochs of {num_images} images in batches of {batch_size} is '
+    raise UsageError(f'{epochs} epochs of {num_images} images in batches of {batch_size} is '
                      f'{steps} steps; a rate needs at least 2')
   t, cpu = time.perf_counter(), time.process_time()
   for record in source:

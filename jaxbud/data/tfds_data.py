@@ -26,6 +26,7 @@ from tensorflow_datasets.core.download import checksums as tfds_checksums
 from tensorflow_datasets.core.download import download_manager as tfds_download_manager
 
 from jaxbud import data as data_lib
+from jaxbud.errors import UsageError
 
 # name -> (archive tfds expects in manual_dir, where to get it, number of fine classes).
 _CIFAR = {
@@ -49,14 +50,14 @@ def cifar(name: str, data_dir: str | None = None, manual_dir: str | None = None,
   exists for tests that prepare small fake archives. A real download should be verified.
   """
   if name not in _CIFAR:
-    raise ValueError(f'unknown CIFAR dataset {name!r}; expected one of {list(_CIFAR)}')
+    raise UsageError(f'unknown CIFAR dataset {name!r}; expected one of {list(_CIFAR)}')
   archive, url, num_classes = _CIFAR[name]
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     manual = _manual_dir(builder, manual_dir)
     path = manual / archive
     if not path.exists():
-      raise ValueError(
+      raise UsageError(
           f'{name} not found. Either\n'
           f'  * download {url} (do not unpack it) and put it at {path}\n'
           f'    (the directory {manual}); it is prepared once into {builder.data_dir_root}, or\n'
@@ -86,7 +87,7 @@ def imagenet(data_dir: str | None = None, manual_dir: str | None = None,
     manual = _manual_dir(builder, manual_dir)
     missing = [f for f in IMAGENET_FILES if not (manual / f).exists()]
     if missing:
-      raise ValueError(
+      raise UsageError(
           f'imagenet2012 not found. Either\n'
           f'  * put {" and ".join(IMAGENET_FILES)} (from https://image-net.org, after '
           f'registering) in {manual} (missing: {", ".join(missing)}); they are prepared once '
@@ -229,7 +230,7 @@ def _prepare(builder, manual_dir, checksum_message: str) -> None:
     # tfds 4.9.10 uses importlib_resources when preparing but does not declare it.
     import importlib_resources  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError as e:
-    raise ValueError(
+    raise UsageError(
         f'preparing {builder.name} from {manual_dir} needs TensorFlow, which tfds builders use '
         f'to read the archives ({e}): pip install -e .[data]') from e
   logging.info('Preparing %s from %s into %s (once; later loads read it)...',
@@ -241,7 +242,7 @@ def _prepare(builder, manual_dir, checksum_message: str) -> None:
   try:
     builder.download_and_prepare(download_config=config, file_format='array_record')
   except tfds_download_manager.NonMatchingChecksumError as e:
-    raise ValueError(f'{builder.name}: {checksum_message}\n{e}') from e
+    raise UsageError(f'{builder.name}: {checksum_message}\n{e}') from e
   logging.info('Prepared %s in %s.', builder.name, builder.data_dir)
 
 
@@ -280,7 +281,7 @@ def _data_source(builder, split: str, decoders=None):
   try:
     return builder.as_data_source(split, decoders=decoders)
   except NotImplementedError as e:
-    raise ValueError(
+    raise UsageError(
         f'{builder.name} in {builder.data_dir} is prepared as {builder.info.file_format}, but '
         'jaxbud reads array_record. Convert it once with: tfds convert_format '
         f'--dataset_version_dir={builder.data_dir} --out_file_format=array_record') from e

@@ -1,0 +1,48 @@
+"""Config sections shared by the prune and study configs (the paper's WRN values as defaults).
+
+A variant config calls `prune_section(...)` / `study_section(...)` with the fields it changes.
+"""
+import ml_collections
+
+
+def prune_section(**overrides):
+  """The `prune` section: a prune-and-tune run from a trained base network."""
+  p = ml_collections.ConfigDict(dict(
+      base_workdir='',       # workdir of the trained base network (launch.train)
+      criterion='fisher',    # fisher | fisher_cost | l1 | l1_signed | random | your own
+      beta=0.0,              # fisher_cost: weight of the MACs saved by a removal
+      prune_every=100,       # fine-tuning steps per round (saliency accumulated over them)
+      rounds=1300,           # removals (one channel each), at most the prunable channel count
+      budgets=(),            # parameter counts at which tuned, compacted snapshots are saved
+      stop_after_last_budget=False,
+      eval_every_rounds=10,  # test error along the trajectory (the reference: every round)
+      compact_every=64,      # compact (and recompile) once this many channels are masked
+      batch_size=128,
+      lr=0.0,                # constant fine-tuning lr; 0: the base schedule's final lr
+      momentum=0.9,
+      weight_decay=5e-4,
+      log_every_rounds=10,
+      checkpoint_every_rounds=50,
+  ))
+  p.update(overrides)
+  return p
+
+
+def study_section(**overrides):
+  """The `study` section: every arm of the paper's comparison (see jaxbud.study)."""
+  s = ml_collections.ConfigDict(dict(
+      criteria=('fisher', 'l1'),      # prune-and-tune arms
+      main_criterion='fisher',        # its snapshots give the scratch and copycat arms
+      budgets=(),                     # parameter counts compared across arms
+      reduced=('wrn_depth', 'wrn_width', 'wrn_bottleneck'),
+      depths=(16, 22, 28, 34, 40),    # depth families: every depth smaller than the base
+      copycat_budget=0,               # the snapshot whose width profile is scaled (a budget)
+      scratch_b=True,                 # also train Liu et al.'s Scratch-B (schedule x MACs ratio)
+      seeds=(0,),                     # from-scratch runs per point
+      bootstrap_samples=10_000,       # paired bootstrap of every comparison (jaxbud.stats)
+      latency_batch_sizes=(1, 128),
+      latency_repeats=10,
+      dry_run=False,                  # print the plan and its estimated cost, then exit
+  ))
+  s.update(overrides)
+  return s
