@@ -222,6 +222,69 @@ class _Case:
     return dt
 
 
+def infer_case(model, variables, mean, std, images, options=None) -> _Case:
+  """The AOT-compiled eval-mode forward pass (normalisation included) on uint8 `images`."""
+
+  def infer(variables, images):
+    return model.apply(variables, augment.normalize(images, mean, std, model.dtype))
+
+  args = (variables, images)
+  compiled, cs = _compile(infer, args, options=options)
+  return _Case('infer', compiled, args, cs, stateful=False)
+
+
+def time_round_robin(cases, repeats: int, warmup: int = 1, primed: bool = True):
+  """Times every case `repeats` times into `case.times`, round-robin (see the module doc)."""
+  for _ in range(warmup):
+    for c in cases:
+      c.call()
+  for r in range(repeats):  # round-robin: load changes hit every case alike
+    # A step runs ~5% faster right after an inference call than right after a train step
+    # (measured on CPU). Rotating the order alone still left train after infer in 2 of 3
+    # rounds and fisher in 1 of 3; priming makes every timed call follow its own kind.
+    for c in cases[r % len(cases):] + cases[:r % len(cases)]:
+      if primed:
+        c.call()
+      c.times.append(c.call())
+
+
+def _summary(times) -> dict:
+  med = statistics.median(times)
+  return {'median_s': med, 'min_s': min(times), 'max_s': max(times),
+          'spread': (max(times) - min(times)) / med}
+
+
+def time_inference(networks, batch_sizes, *, repeats: int = 10, warmup: int = 1,
+                   primed: bool = True, seed: int = 0) -> dict:
+  """{label: {batch: median/min/max seconds and spread}} of trained networks' inference.
+
+  networks: (label, model, variables, mean, std, image_shape) tuples, e.g. from `jaxbud.load`:
+  the trained weights, the model's compute dtype, normalisation included. All networks of one
+  batch size are compiled first and timed round-robin, so machine load hits them alike.
+  """
+  options = resolve_xla_options('') or None
+  out = {label: {} for label, *_ in networks}
+  for b in batch_sizes:
+    cases = []
+    for label, model, variables, mean, std, image_shape in networks:
+      images = jnp.asarray(synthetic_batch(b, image_shape, 2, seed)['image'])
+      cases.append((label, infer_case(model, variables, mean, std, images, options)))
+    time_round_robin([c for _, c in cases], repeats, warmup, primed)
+    for label, c in cases:
+      out[label][b] = {**_summary(c.times), 'compile_s': c.compile_s}
+  return out
+
+
+def step_seconds(spec, batch_size: int, dtype: str, image_size: int, num_classes: int,
+                 repeats: int = 3) -> float:
+  """Median seconds of one jitted training step (this harness's `train` mode): what a run of
+  this network costs per step on this device, e.g. to plan a study."""
+  cases, _ = _cases(spec, ('train',), batch_size, dtype, image_size, num_classes,
+                    resolve_xla_options('') or None)
+  time_round_robin(cases, repeats)
+  return statistics.median(cases[0].times)
+
+
 def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None, seed=0):
   """Builds and AOT-compiles every requested mode for one (spec, batch, dtype)."""
   image_shape = (image_size, image_size, spec.in_channels)
@@ -244,11 +307,8 @@ def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None
   cases = []
   for mode in modes:
     if mode == 'infer':
-      def infer(variables, images):
-        return model.apply(variables, augment.normalize(images, ds.mean, ds.std, model.dtype))
-      args = ({'params': state.params, 'batch_stats': state.batch_stats}, batch['image'])
-      compiled, cs = _compile(infer, args, options=options)
-      cases.append(_Case(mode, compiled, args, cs, stateful=False))
+      cases.append(infer_case(model, {'params': state.params, 'batch_stats': state.batch_stats},
+                              ds.mean, ds.std, batch['image'], options))
     elif mode == 'train':
       step = train_lib.make_train_step(model, tx, ds, seed=seed, crop_pad=crop_pad, flip=True)
       args = (jax.tree.map(jnp.copy, state), batch)
@@ -301,17 +361,7 @@ def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',
     peak = (peaks or {}).get(dtype)
     for b in batch_sizes:
       cases, devices_used = _cases(spec, modes, b, dtype, image_size, num_classes, options)
-      for _ in range(warmup):
-        for c in cases:
-          c.call()
-      for r in range(repeats):  # round-robin: load changes hit every mode alike
-        # A step runs ~5% faster right after an inference call than right after a train step
-        # (measured on CPU). Rotating the order alone still left train after infer in 2 of 3
-        # rounds and fisher in 1 of 3; priming makes every timed call follow its own mode.
-        for c in cases[r % len(cases):] + cases[:r % len(cases)]:
-          if primed:
-            c.call()
-          c.times.append(c.call())
+      time_round_robin(cases, repeats, warmup, primed)
       medians = {c.mode: statistics.median(c.times) for c in cases}
       for c in cases:
         med = medians[c.mode]

@@ -100,12 +100,16 @@ class Loop:
         state, m = task.step(state, batch)
         self.pending.append(m)
         done, stop = step + 1, False
-        if done % self.period == 0 or done == self.total:
+        period_end = done % self.period == 0 or done == self.total
+        if (done % self.log_every == 0 or done == self.total or
+            (self.log_period_ends and period_end)):
+          self.check(task, state, done)
+          self._flush(task, done, progress)
+        if period_end:
           self.check(task, state, done)
           state, stop = task.end_period(state, done)
         last = stop or done == self.total
-        if self.pending and (done % self.log_every == 0 or last or
-                             (self.log_period_ends and done % self.period == 0)):
+        if last and self.pending:  # a task that stops early flushes what it has
           self.check(task, state, done)
           self._flush(task, done, progress)
         saved = False

@@ -1,189 +1,178 @@
-"""The study's report: results table (JSON, CSV), plots, and RQ1-RQ5 answered from the numbers.
+"""The study's report: results table (JSON, CSV), comparisons, plots, and RQ1-RQ5 answered.
 
-Every sentence about a research question is computed from the rows of this run; nothing is
-written in advance. Where the run has one seed, differences smaller than typical seed noise
-are not meaningful, and the report says how many seeds each point has.
+Every verdict is computed from this run's per-example test predictions; nothing is written in
+advance. Each comparison is paired on the same test images (`jaxbud.stats.paired_bootstrap`):
+the difference in test error with a 95% interval over test images and seeds, and the verdict
+"supported", "contradicted" or "inconclusive" (the interval contains zero). Latencies (RQ3)
+come from `jaxbud.bench` with the trained weights in the model's compute dtype; "faster" needs
+the difference of medians to exceed the larger spread (max - min) of the two. Training compute
+(RQ5) is counted in multiply-accumulates, so that verdict does not depend on machine load.
+
+Comparisons never pick a winner on the test set: each reduced family is compared with the
+pruned network on its own.
 """
 import csv
 import json
 import os
-import statistics
-import time
 
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
+from jaxbud import bench
 from jaxbud import metrics as metrics_lib
-from jaxbud import models
-from jaxbud import parallel
 from jaxbud import spec as spec_lib
+from jaxbud import stats
 
 COLUMNS = ('arm', 'family', 'budget', 'params', 'macs', 'test_error', 'test_error_std', 'seeds',
-           'latency_b1_s', 'latency_large_s', 'large_batch', 'train_seconds', 'compilations',
-           'spec')
+           'latency_b1_s', 'latency_large_s', 'large_batch', 'train_macs', 'train_seconds',
+           'schedule', 'same_run_as', 'wider_than_base', 'compilations', 'spec')
+QUESTIONS = {
+    'RQ1': 'Reduced networks beat pruned-and-tuned ones of the same size',
+    'RQ2': 'The pruned architecture trained from scratch beats the pruned-and-tuned network',
+    'RQ3': 'Reduced networks run inference faster than pruned ones of the same size',
+    'RQ4': 'Copycat architectures (one pruned profile scaled to each size) beat '
+           'pruned-and-tuned networks and reduced ones',
+    'RQ5': 'Training a small network directly costs less compute than prune-and-tune',
+}
 
 
-def inference_latency(spec, batch_sizes, image_shape, num_classes, repeats) -> dict:
-  """{batch: median seconds} of jitted eval-mode inference on random uint8-range images.
+def _load(run_dir):
+  import jaxbud  # pylint: disable=g-import-not-at-top
+  return jaxbud.load(run_dir)
 
-  Weights are constants shaped by jax.eval_shape (values do not change dense conv timings), so
-  the only compilation per batch size is the forward pass itself.
+
+def add_latency(rows, config, dataset, cache_path=None):
+  """Median inference latency (and its spread) at batch 1 and a large batch for every row.
+
+  Each row's network is the trained one (its first run), in the config's compute dtype, timed
+  by `jaxbud.bench.time_inference` (AOT compiled, primed, round-robin over all rows). Results
+  are kept in `cache_path`, keyed by run folder and settings, so a re-run measures only new rows.
   """
-  model = models.build(spec, num_classes)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))
-  variables = jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes)
-  out = {}
-  for b in batch_sizes:
-    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (b, *image_shape)), jnp.float32)
-    fn = parallel.jit(model.apply).lower(variables, x).compile()
-    jax.block_until_ready(fn(variables, x))  # warm-up
-    times = []
-    for _ in range(repeats):
-      t = time.perf_counter()
-      jax.block_until_ready(fn(variables, x))
-      times.append(time.perf_counter() - t)
-    out[b] = statistics.median(times)
-  return out
-
-
-def add_latency(rows, image_shape, num_classes, scfg, cache_path=None):
-  """Median jitted inference latency at batch 1 and a large batch for every row's spec.
-
-  Measurements are kept in `cache_path` (JSON keyed by spec and batch sizes), so a re-run study
-  does not compile and time the same networks again.
-  """
+  scfg = config.study
   small, large = scfg.latency_batch_sizes
   cache = {}
   if cache_path and os.path.exists(cache_path):
     with open(cache_path) as f:
       cache = json.load(f)
-  measured = 0
+  key = lambda r: f'{r["runs"][0]}|{small}|{large}|{scfg.latency_repeats}'
+  todo = list({key(r): r for r in rows if key(r) not in cache}.values())
+  if todo:
+    networks = []
+    for r in todo:
+      net = _load(r['runs'][0])
+      norm = net.info['normalisation']
+      networks.append((key(r), net.model, net.variables, tuple(norm['mean']),
+                       tuple(norm['std']), dataset.image_shape))
+    timed = bench.time_inference(networks, (small, large), repeats=scfg.latency_repeats)
+    for k, by_batch in timed.items():
+      cache[k] = {str(b): t for b, t in by_batch.items()}
   for r in rows:
-    key = f'{r["spec"]}|{small}|{large}|{scfg.latency_repeats}'
-    if key not in cache:
-      lat = inference_latency(spec_lib.from_json(r['spec']), (small, large), image_shape,
-                              num_classes, scfg.latency_repeats)
-      cache[key] = {str(b): t for b, t in lat.items()}
-      measured += 1
-    r['latency_b1_s'] = cache[key][str(small)]
-    r['latency_large_s'] = cache[key][str(large)]
+    lat = cache[key(r)]
+    r['latency_b1_s'], r['latency_large_s'] = lat[str(small)]['median_s'], lat[str(large)][
+        'median_s']
+    r['latency'] = lat
     r['large_batch'] = large
-  if cache_path:
+  if cache_path and jax.process_index() == 0:
     with open(cache_path, 'w') as f:
       json.dump(cache, f, indent=1)
-  metrics_lib.log(f'latency measured for {measured} networks on '
-                  f'{jax.devices()[0].device_kind} ({len(rows) - measured} reused)')
+  metrics_lib.log(f'latency measured for {len(todo)} networks on '
+                  f'{jax.devices()[0].device_kind} ({len(rows) - len(todo)} reused)')
 
 
-def _by(rows, arm, family=None):
-  return sorted((r for r in rows if r['arm'] == arm and (family is None or r['family'] == family)),
-                key=lambda r: r['params'])
+# -- comparisons ---------------------------------------------------------------------------
+
+def _name(r) -> str:
+  what = {'reduced': f'reduced {r["family"]}', 'pruned': f'{r["family"]}-pruned',
+          'scratch': 'pruned arch. from scratch (Scratch-E)',
+          'scratch_b': f'pruned arch. from scratch (Scratch-B, x{r["schedule"]:.2f} schedule)',
+          'copycat': 'copycat', 'base': 'base'}[r['arm']]
+  return f'{what} ({r["params"]:,} params)'
 
 
-def _fmt_err(r):
-  s = f'{100 * r["test_error"]:.2f}%'
-  return s + (f' ± {100 * r["test_error_std"]:.2f}' if r['seeds'] > 1 else '')
+def _wrong(r):
+  return stats.wrong([os.path.join(d, 'predictions.npz') for d in r['runs']])
 
 
-def _verdict(wins, n):
-  if n == 0:
-    return 'not measured in this run'
-  if wins == n:
-    return 'supported at every budget'
-  if wins == 0:
-    return 'not supported at any budget'
-  return f'supported at {wins} of {n} budgets'
+def _paired(rq, budget, a, b, samples) -> dict:
+  c = stats.paired_bootstrap(_wrong(a), _wrong(b), samples=samples)
+  return {'rq': rq, 'budget': budget, 'a': _name(a), 'b': _name(b),
+          'error_a': a['test_error'],
+          'error_b': b['test_error'], 'diff': c.diff, 'lo': c.lo, 'hi': c.hi,
+          'images': c.images, 'runs_a': c.runs_a, 'runs_b': c.runs_b,
+          'verdict': c.verdict, 'text': c.describe()}
 
 
-def _less(a: dict, b: dict) -> bool:
-  """a's test error is lower than b's by more than float rounding (a mean of seeds that equals
-  one run's error, e.g. 1.11% vs 1.11%, is a tie, not a win)."""
-  return a['test_error'] < b['test_error'] - 1e-6
+def _latency(budget, batch, a, b) -> dict:
+  la, lb = a['latency'][str(batch)], b['latency'][str(batch)]
+  diff = lb['median_s'] - la['median_s']  # > 0: a (reduced) is faster
+  spread = max(la['max_s'] - la['min_s'], lb['max_s'] - lb['min_s'])
+  verdict = (stats.SUPPORTED if diff > spread else
+             stats.CONTRADICTED if -diff > spread else stats.INCONCLUSIVE)
+  return {'rq': 'RQ3', 'budget': budget, 'batch': batch, 'a': _name(a), 'b': _name(b),
+          'a_s': la['median_s'], 'b_s': lb['median_s'], 'spread_s': spread,
+          'verdict': verdict,
+          'text': f'batch {batch}: {1e3 * la["median_s"]:.3f} ms vs {1e3 * lb["median_s"]:.3f} ms '
+                  f'(larger spread {1e3 * spread:.3f} ms)'}
 
 
-def answer(rows, config) -> dict:
-  """{'RQ1': text, ...}: each research question answered from this run's rows."""
-  main = config.study.main_criterion
-  pruned = {r['budget']: r for r in _by(rows, 'pruned', main)}
-  scratch = {r['budget']: r for r in _by(rows, 'scratch', main)}
-  copycat = {r['budget']: r for r in _by(rows, 'copycat')}
-  reduced = [r for r in rows if r['arm'] == 'reduced' and r['budget'] is not None]
-  best_reduced = {}
+def _compute(budget, a, b) -> dict:
+  verdict = (stats.SUPPORTED if a['train_macs'] < b['train_macs'] else
+             stats.CONTRADICTED if a['train_macs'] > b['train_macs'] else stats.INCONCLUSIVE)
+  return {'rq': 'RQ5', 'budget': budget, 'a': _name(a), 'b': _name(b),
+          'a_macs': a['train_macs'], 'b_macs': b['train_macs'], 'verdict': verdict,
+          'text': f'{a["train_macs"] / 1e12:.3f} vs {b["train_macs"] / 1e12:.3f} TMACs of '
+                  f'training ({a["train_seconds"]:.0f} s vs {b["train_seconds"]:.0f} s here)'}
+
+
+def comparisons(rows, config) -> list[dict]:
+  """Every comparison of RQ1-RQ5, each against the main criterion's pruned network of the same
+  budget (see the module docstring)."""
+  scfg = config.study
+  samples = scfg.bootstrap_samples
+  pruned = {r['budget']: r for r in rows
+            if r['arm'] == 'pruned' and r['family'] == scfg.main_criterion}
+  reduced = sorted((r for r in rows if r['arm'] == 'reduced' and r['budget'] in pruned),
+                   key=lambda r: (r['family'], r['budget']))
+  out = []
   for r in reduced:
-    b = r['budget']
-    if b not in best_reduced or r['test_error'] < best_reduced[b]['test_error']:
-      best_reduced[b] = r
-  budgets = sorted(pruned)
-  out = {}
-
-  def pairs(others):
-    """(budget, other row, pruned row) where both exist, and how often `other` errs less."""
-    both = [(b, others[b], pruned[b]) for b in budgets if b in others]
-    return both, sum(_less(o, p) for _, o, p in both)
-
-  both, wins = pairs(best_reduced)
-  out['RQ1'] = (f'Reduced networks beat {main}-pruned-and-tuned ones of the same size: '
-                f'{_verdict(wins, len(both))}.',
-                [f'budget {b:,}: best reduced ({rd["family"]}, {rd["params"]:,} params) '
-                 f'{_fmt_err(rd)} vs {main}-pruned ({pr["params"]:,}) {_fmt_err(pr)}'
-                 for b, rd, pr in both])
-  both, wins = pairs(scratch)
-  out['RQ2'] = ('The pruned architecture trained from scratch beats the pruned-and-tuned '
-                f'network: {_verdict(wins, len(both))}.',
-                [f'budget {b:,}: pruned architecture from scratch {_fmt_err(sc)} vs '
-                 f'pruned-and-tuned {_fmt_err(pr)}' for b, sc, pr in both])
-
-  lines, wins1, winsl, n = [], 0, 0, 0
-  for b in budgets:
-    if b in best_reduced and 'latency_b1_s' in pruned[b]:
-      rd, pr = best_reduced[b], pruned[b]
-      n += 1
-      wins1 += rd['latency_b1_s'] < pr['latency_b1_s']
-      winsl += rd['latency_large_s'] < pr['latency_large_s']
-      lines.append(f'budget {b:,}: reduced ({rd["family"]}) {1e3 * rd["latency_b1_s"]:.2f} ms '
-                   f'/ {1e3 * rd["latency_large_s"]:.1f} ms vs pruned '
-                   f'{1e3 * pr["latency_b1_s"]:.2f} ms / {1e3 * pr["latency_large_s"]:.1f} ms '
-                   f'(batch 1 / batch {rd["large_batch"]})')
-  out['RQ3'] = (f'Reduced networks run inference faster than pruned ones of the same size: at '
-                f'batch 1 {_verdict(wins1, n)}; at the large batch {_verdict(winsl, n)}.', lines)
-
-  lines, wins_r, wins_p, n = [], 0, 0, 0
-  for b in budgets:
-    if b in copycat:
-      cc = copycat[b]
-      n += 1
-      wins_p += _less(cc, pruned[b])
-      line = (f'budget {b:,}: copycat ({cc["params"]:,} params) {_fmt_err(cc)}, pruned-and-tuned '
-              f'{_fmt_err(pruned[b])}')
-      if b in best_reduced:
-        wins_r += not _less(best_reduced[b], cc)
-        line += f', best reduced {_fmt_err(best_reduced[b])}'
-      lines.append(line)
-  out['RQ4'] = (f'Copycat architectures (one pruned profile scaled to each budget) beat '
-                f'pruned-and-tuned networks: {_verdict(wins_p, n)}; they match or beat the best '
-                f'reduced network: {_verdict(wins_r, n)}.', lines)
-
-  base = next((r for r in rows if r['arm'] == 'base'), None)
-  lines, cheaper, n = [], 0, 0
-  for b in budgets:
-    if b in best_reduced:
-      rd, pr = best_reduced[b], pruned[b]
-      n += 1
-      cheaper += rd['train_seconds'] < pr['train_seconds']
-      lines.append(f'budget {b:,}: prune-and-tune {pr["train_seconds"]:.0f} s (base training + '
-                   f'pruning) for {_fmt_err(pr)}; reduced {rd["train_seconds"]:.0f} s for '
-                   f'{_fmt_err(rd)}')
-  out['RQ5'] = ('Training a small network directly costs less compute than prune-and-tune: '
-                f'{_verdict(cheaper, n)} (wall-clock seconds on this machine'
-                + (f'; the base alone took {base["train_seconds"]:.0f} s' if base else '')
-                + '). Accuracy and speed: see RQ1 and RQ3.', lines)
+    out.append(_paired('RQ1', r['budget'], r, pruned[r['budget']], samples))
+  for arm in ('scratch', 'scratch_b'):
+    for r in rows:
+      if r['arm'] == arm and r['budget'] in pruned:
+        out.append(_paired('RQ2', r['budget'], r, pruned[r['budget']], samples))
+  for r in reduced:
+    if 'latency' in r and 'latency' in pruned[r['budget']]:
+      for batch in scfg.latency_batch_sizes:
+        out.append(_latency(r['budget'], batch, r, pruned[r['budget']]))
+  for cc in (r for r in rows if r['arm'] == 'copycat' and r['budget'] in pruned):
+    out.append(_paired('RQ4', cc['budget'], cc, pruned[cc['budget']], samples))
+    for r in reduced:
+      if r['budget'] == cc['budget']:
+        out.append(_paired('RQ4', cc['budget'], cc, r, samples))
+  for r in reduced:
+    out.append(_compute(r['budget'], r, pruned[r['budget']]))
   return out
 
+
+def answer(comps) -> dict:
+  """{'RQ1': (headline, [lines]), ...}: each question's verdict counts and its comparisons."""
+  out = {}
+  for rq, question in QUESTIONS.items():
+    mine = [c for c in comps if c['rq'] == rq]
+    counts = {v: sum(c['verdict'] == v for c in mine)
+              for v in (stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE)}
+    tally = (', '.join(f'{v} in {n}' for v, n in counts.items() if n) + f' of {len(mine)}'
+             if mine else 'not measured in this run')
+    lines = [f'budget {c["budget"]:,}: {c["a"]} vs {c["b"]}: {c["text"]}: **{c["verdict"]}**'
+             for c in mine]
+    out[rq] = (f'{question}: {tally}.', lines)
+  return out
+
+
+# -- plots ---------------------------------------------------------------------------------
 
 def _save(fig, axes, path):
   for ax in axes:
@@ -194,21 +183,34 @@ def _save(fig, axes, path):
   plt.close(fig)
 
 
-def _plot_error(rows, path):
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+def trajectories(workdir, config) -> dict:
+  """{criterion: the prune run's evaluations (history.json)} of a study folder."""
+  out = {}
+  for crit in config.study.criteria:
+    path = os.path.join(workdir, f'prune_{crit}', 'history.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        out[crit] = json.load(f)['evaluations']
+  return out
+
+
+def _plot_error(rows, trajs, path):
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  for crit, evals in sorted(trajs.items()):
+    ax.plot([e['params'] for e in evals], [max(100 * e['test_error'], 0.01) for e in evals],
+            lw=1, alpha=0.6, label=f'{crit} pruning trajectory')
   for (arm, fam), marker in zip(sorted({(r['arm'], r['family']) for r in rows}),
                                 'os^vD<>phx*+'):
-    pts = [r for r in rows if (r['arm'], r['family']) == (arm, fam)]
-    pts.sort(key=lambda r: r['params'])
+    pts = sorted((r for r in rows if (r['arm'], r['family']) == (arm, fam)),
+                 key=lambda r: r['params'])
     ax.errorbar([r['params'] for r in pts], [max(100 * r['test_error'], 0.01) for r in pts],
                 yerr=[100 * r['test_error_std'] for r in pts], marker=marker, capsize=2,
-                label=f'{arm} ({fam})' if arm != fam else arm,
-                linestyle='-' if len(pts) > 1 else 'none')
+                label=f'{arm} ({fam})' if arm != fam else arm, linestyle='none')
   ax.set_xscale('log')
   ax.set_yscale('log')  # a failed arm (tens of %) would otherwise flatten the rest
   ax.set_xlabel('parameters')
   ax.set_ylabel('test error (%, log scale)')
-  ax.set_title('Test error vs parameters')
+  ax.set_title('Test error vs parameters (seed means; lines: test error along each prune run)')
   _save(fig, [ax], path)
 
 
@@ -217,24 +219,24 @@ def _plot_latency(rows, path):
   for ax, key, title in ((axes[0], 'latency_b1_s', 'batch 1'),
                          (axes[1], 'latency_large_s', f'batch {rows[0].get("large_batch")}')):
     for arm, marker in zip(sorted({r['arm'] for r in rows}), 'os^vD<>'):
-      pts = sorted((r for r in rows if r['arm'] == arm), key=lambda r: r['params'])
+      pts = sorted((r for r in rows if r['arm'] == arm and key in r), key=lambda r: r['params'])
       ax.plot([r['params'] for r in pts], [1e3 * r[key] for r in pts], marker, label=arm)
     ax.set_xscale('log')
     ax.set_xlabel('parameters')
-    ax.set_ylabel('inference latency (ms)')
+    ax.set_ylabel('inference latency (ms, median)')
     ax.set_title(f'Latency vs parameters, {title}')
   _save(fig, axes, path)
 
 
 def _plot_profiles(rows, path, main):
   fig, ax = plt.subplots(figsize=(8, 4))
-  for r in _by(rows, 'pruned', main):
+  for r in sorted((r for r in rows if r['arm'] == 'pruned' and r['family'] == main),
+                  key=lambda r: -r['params']):
     ax.plot(spec_lib.from_json(r['spec']).prunable, marker='o', ms=3,
             label=f'pruned {r["params"]:,}')
-  for r in (x for x in rows if x['arm'] == 'reduced' and x['budget'] is not None):
-    if r['family'].endswith('width'):
-      ax.plot(spec_lib.from_json(r['spec']).prunable, linestyle='--',
-              label=f'reduced width {r["params"]:,}')
+  for r in (x for x in rows if x['arm'] == 'reduced' and x['family'].endswith('width')):
+    ax.plot(spec_lib.from_json(r['spec']).prunable, linestyle='--',
+            label=f'reduced width {r["params"]:,}')
   base = next((r for r in rows if r['arm'] == 'base'), None)
   if base:
     ax.plot(spec_lib.from_json(base['spec']).prunable, color='k', lw=1, label='base')
@@ -244,51 +246,96 @@ def _plot_profiles(rows, path, main):
   _save(fig, [ax], path)
 
 
-def _table(rows) -> str:
-  head = ('| arm | family | budget | params | MACs | test error | latency b1 (ms) | '
-          'latency large (ms) | train s |\n|---|---|---|---|---|---|---|---|---|\n')
+# -- tables and the report -----------------------------------------------------------------
+
+def _fmt_err(r) -> str:
+  s = f'{100 * r["test_error"]:.2f}%'
+  return s + (f' ± {100 * r["test_error_std"]:.2f}' if r['seeds'] > 1 else '')
+
+
+def _note(r) -> str:
+  notes = []
+  if r.get('same_run_as'):
+    notes.append(f'same runs as {r["same_run_as"]}')
+  if r.get('wider_than_base'):
+    notes.append('wider than the base in some layer')
+  if r['arm'] == 'scratch_b':
+    notes.append(f'schedule x{r["schedule"]:.2f}')
+  if r['arm'] == 'pruned' and r.get('rounds') is not None:
+    notes.append(f'{r["rounds"]} rounds; cost includes the base')
+  if r['arm'] == 'reduced' and r['family'].endswith('depth'):
+    notes.append('budget = its own size')
+  return '; '.join(notes)
+
+
+def _budget(r) -> str:
+  return f'{r["budget"]:,}' if r['budget'] else '-'
+
+
+def table(rows) -> str:
+  head = ('| arm | family | budget | params | MACs | test error | seeds | latency b1 (ms) | '
+          'latency large (ms) | train TMACs | train s | note |\n'
+          '|---|---|---|---|---|---|---|---|---|---|---|---|\n')
   body = ''.join(
-      f'| {r["arm"]} | {r["family"]} | {r["budget"] or "-"} | {r["params"]:,} | '
-      f'{r["macs"]:,} | {_fmt_err(r)} | {1e3 * r.get("latency_b1_s", float("nan")):.2f} | '
-      f'{1e3 * r.get("latency_large_s", float("nan")):.1f} | {r["train_seconds"]:.0f} |\n'
+      f'| {r["arm"]} | {r["family"]} | {_budget(r)} | '
+      f'{r["params"]:,} | {r["macs"]:,} | {_fmt_err(r)} | {r["seeds"]} | '
+      f'{1e3 * r.get("latency_b1_s", float("nan")):.3f} | '
+      f'{1e3 * r.get("latency_large_s", float("nan")):.2f} | {r["train_macs"] / 1e12:.2f} | '
+      f'{r["train_seconds"]:.0f} | {_note(r)} |\n'
       for r in rows)
   return head + body
 
 
-def write(rows, workdir, config, num_test: int | None = None) -> dict:
-  """results.json / results.csv, three plots and report.md in `workdir`."""
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(rows, f, indent=1)
-  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
-    w = csv.DictWriter(f, COLUMNS, extrasaction='ignore')
-    w.writeheader()
-    w.writerows(rows)
-  _plot_error(rows, os.path.join(workdir, 'error_vs_params.png'))
-  _plot_latency(rows, os.path.join(workdir, 'latency_vs_params.png'))
-  _plot_profiles(rows, os.path.join(workdir, 'width_profiles.png'), config.study.main_criterion)
-  answers = answer(rows, config)
-  seeds = ', '.join(str(n) for n in sorted({r['seeds'] for r in rows
-                                            if r['arm'] not in ('base', 'pruned')}))
-  noise = (f' The test set has {num_test:,} images: one image is {100 / num_test:.2f}% of test '
-           'error, and differences of a few images or within the seed spread (±, sample std) '
-           'are noise.' if num_test else '')
-  device = jax.devices()[0].device_kind
-  md = [f'# Study report: {config.model.family} on {config.data.name}', '',
-        f'Base: `{rows[0]["spec"]}` ({rows[0]["params"]:,} params). Budgets: '
-        f'{", ".join(f"{b:,}" for b in config.study.budgets)}. Criteria: '
-        f'{", ".join(config.study.criteria)}. Seeds per from-scratch point: {seeds}. '
-        f'Latency: jitted inference, median of {config.study.latency_repeats} on {device}.'
-        f'{noise}', '',
-        '## Research questions (computed from this run)', '']
+def research_questions(answers) -> str:
+  md = []
   for k, (headline, lines) in answers.items():
     md.append(f'**{k}.** {headline}')
     md += [f'- {l}' for l in lines]
     md.append('')
-  md += ['## Results', '', _table(rows), '## Plots', '',
-         '![test error vs parameters](error_vs_params.png)', '',
-         '![latency vs parameters](latency_vs_params.png)', '',
-         '![width profiles](width_profiles.png)', '']
-  with open(os.path.join(workdir, 'report.md'), 'w') as f:
+  return '\n'.join(md)
+
+
+def write(rows, workdir, config, dataset) -> dict:
+  """results.json|csv, comparisons.json, three plots and report.md in `workdir`."""
+  comps = comparisons(rows, config)
+  answers = answer(comps)
+  facts = {'rows': rows, 'comparisons': comps, 'answers': answers,
+           'report': os.path.join(workdir, 'report.md')}
+  if jax.process_index() != 0:
+    return facts
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(rows, f, indent=1)
+  with open(os.path.join(workdir, 'comparisons.json'), 'w') as f:
+    json.dump(comps, f, indent=1)
+  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+    w = csv.DictWriter(f, COLUMNS, extrasaction='ignore')
+    w.writeheader()
+    w.writerows(rows)
+  _plot_error(rows, trajectories(workdir, config), os.path.join(workdir, 'error_vs_params.png'))
+  _plot_latency(rows, os.path.join(workdir, 'latency_vs_params.png'))
+  _plot_profiles(rows, os.path.join(workdir, 'width_profiles.png'), config.study.main_criterion)
+  scfg = config.study
+  n = len(dataset.test_labels)
+  md = [f'# Study report: {config.model.family} on {config.data.name}', '',
+        f'Base: `{rows[0]["spec"]}` ({rows[0]["params"]:,} params). Budgets: '
+        f'{", ".join(f"{b:,}" for b in scfg.budgets)} (and each depth-reduced network\'s own '
+        f'size). Criteria: {", ".join(scfg.criteria)} (main: {scfg.main_criterion}). Seeds per '
+        f'from-scratch point: {len(scfg.seeds)}; one base network and one prune run per '
+        f'criterion. Test set: {n:,} images (one image is {100 / n:.2f}% of test error).', '',
+        f'Each comparison is a versus b on the same test images: the difference in test error '
+        f'(a minus b) with a 95% paired bootstrap interval over test images and seeds '
+        f'({scfg.bootstrap_samples:,} samples), and the verdict on the claim "a is better". '
+        f'Latency: `jaxbud.bench`, trained weights, {config.model.dtype}, median of '
+        f'{scfg.latency_repeats} on {jax.devices()[0].device_kind}; "faster" needs the '
+        'difference of medians to exceed the larger max - min spread. Training compute: 3 x '
+        'forward MACs per training image (base network plus prune run up to the snapshot for '
+        'pruned networks).', '',
+        '## Research questions (computed from this run)', '', research_questions(answers),
+        '## Results', '', table(rows), '## Plots', '',
+        '![test error vs parameters](error_vs_params.png)', '',
+        '![latency vs parameters](latency_vs_params.png)', '',
+        '![width profiles](width_profiles.png)', '']
+  with open(facts['report'], 'w') as f:
     f.write('\n'.join(md))
-  metrics_lib.log(f'report written to {os.path.join(workdir, "report.md")}')
-  return {'rows': rows, 'answers': answers, 'report': os.path.join(workdir, 'report.md')}
+  metrics_lib.log(f'report written to {facts["report"]}')
+  return facts

@@ -1,22 +1,40 @@
 """The study end to end: base, prune-and-tune, reduced families, pruned-from-scratch, copycats.
 
+Arms (PAPER.md):
+- base: the full network, trained once (config.seed).
+- pruned/<criterion>: one prune-and-tune run per criterion from the base, tuned snapshots at the
+  study's budgets and at the parameter count of every depth-reduced network (so that each
+  depth-reduced network meets a pruned network of its own size).
+- reduced/<family>: smaller versions trained from scratch; width and bottleneck families at each
+  budget, the depth family at its own sizes.
+- scratch: the main criterion's pruned architectures, re-initialised and trained with the base
+  schedule (Liu et al.'s Scratch-E); scratch_b: the same with the whole schedule stretched by
+  the base/pruned MACs ratio, capped at 2 (Scratch-B).
+- copycat: the width profile of one pruned snapshot scaled to each budget, trained from scratch.
+Every from-scratch point trains once per seed of `study.seeds`. Runs are keyed by (spec, seed,
+schedule): a point whose run another point already has (the copycat at the profile's own budget
+is the scratch network) reuses it, and the table says so.
+
 Every run has its own folder under the study's workdir and is skipped when its result file
 exists (train: final.json, prune: summary.json); an unfinished run resumes from its checkpoint.
 So re-running a study reuses what is done, and a killed study continues where it stopped.
 
-  <workdir>/base/                      the trained base network
-  <workdir>/prune_<criterion>/         prune-and-tune run, snapshots at the budgets
-  <workdir>/arms/<arm>/<point>/seed<k>/  from-scratch runs (reduced, scratch, copycat, scratch_b)
-  <workdir>/results.json|csv, report.md, *.png   (jaxbud.report)
+  <workdir>/base/                          the trained base network
+  <workdir>/prune_<criterion>/             prune-and-tune run, snapshots at the budgets
+  <workdir>/arms/<arm>/<point>/seed<k>/    from-scratch runs
+  <workdir>/plan.txt, results.json|csv, comparisons.json, report.md, *.png   (jaxbud.report)
 """
 import copy
 import dataclasses
 import json
+import math
 import os
 import time
 
 import jax
 
+from jaxbud import bench
+from jaxbud import criteria
 from jaxbud import data as data_lib
 from jaxbud import metrics as metrics_lib
 from jaxbud import prune_tune
@@ -26,17 +44,19 @@ from jaxbud.errors import UsageError
 
 REDUCED = ('wrn_depth', 'wrn_width', 'wrn_bottleneck',
            'densenet_depth', 'densenet_growth', 'densenet_bottleneck')
+DEPTH_FAMILIES = ('wrn_depth', 'densenet_depth')
+SCRATCH_B_CAP = 2.0  # Liu et al.: Scratch-B trains at most twice the epochs
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-  """One network the study trains from scratch."""
-  arm: str            # reduced | scratch | copycat | scratch_b
+  """One network the study trains from scratch (once per seed)."""
+  arm: str            # reduced | scratch | scratch_b | copycat
   family: str         # e.g. wrn_width, fisher (the criterion a scratch arm comes from)
   label: str          # folder name, unique within the arm
   spec: spec_lib.Spec
-  budget: int | None = None
-  epochs: int | None = None  # None: the config's schedule
+  budget: int         # the parameter count it is compared at (its own, for depth families)
+  schedule: float = 1.0  # the base schedule stretched by this factor (Scratch-B)
 
 
 def closest(make, budget: int, lo: float, hi: float, num_classes: int, iters: int = 50):
@@ -64,12 +84,13 @@ def reduced_points(family: str, base: spec_lib.Spec, budgets, depths, num_classe
   base_params = spec_lib.count_params(base, num_classes)
   c = base.in_channels
   points = []
-  if family in ('wrn_depth', 'densenet_depth'):
+  if family in DEPTH_FAMILIES:
     for d in depths:
       s = (spec_lib.wrn(d, base_widen, c) if family == 'wrn_depth'
            else spec_lib.densenet_bc(d, base.growth, c))
-      if spec_lib.count_params(s, num_classes) < base_params:
-        points.append(Point('reduced', family, f'depth{d}', s))
+      params = spec_lib.count_params(s, num_classes)
+      if params < base_params:
+        points.append(Point('reduced', family, f'depth{d}', s, params))
     return points
   for b in budgets:
     if family == 'wrn_width':
@@ -92,7 +113,22 @@ def copycat_spec(profile: spec_lib.Spec, budget: int, num_classes: int) -> spec_
                  0.0, 8.0, num_classes)
 
 
-def _validate(config, base: spec_lib.Spec, num_classes: int):
+def wider_than_base(spec: spec_lib.Spec, base: spec_lib.Spec) -> bool:
+  """Whether any prunable layer of `spec` has more channels than the base network's."""
+  return any(w > b for w, b in zip(spec.prunable, base.prunable))
+
+
+def scratch_b_factor(base_macs: int, macs: int) -> float:
+  """Liu et al.'s Scratch-B: the base network's training compute, at most twice the epochs."""
+  return min(base_macs / macs, SCRATCH_B_CAP)
+
+
+def prune_floor(base: spec_lib.Spec, num_classes: int) -> int:
+  """Parameters left with every prunable channel removed."""
+  return spec_lib.count_params(base.with_prunable([0] * len(base.prunable)), num_classes)
+
+
+def validate(config, base: spec_lib.Spec, num_classes: int):
   scfg = config.study
   base_params = spec_lib.count_params(base, num_classes)
   for f in scfg.reduced:
@@ -102,16 +138,25 @@ def _validate(config, base: spec_lib.Spec, num_classes: int):
       raise UsageError(f'study.reduced family {f!r} does not fit the base {base.family}')
   if not scfg.budgets:
     raise UsageError('study.budgets is empty; give parameter counts below the base network')
+  floor = prune_floor(base, num_classes)
   for b in scfg.budgets:
-    if not 0 < b < base_params:
-      raise UsageError(f'study.budgets entry {b} must be in (0, {base_params}), the base size')
+    if not floor <= b < base_params:
+      raise UsageError(f'study.budgets entry {b} must be in [{floor}, {base_params}): the base '
+                       f'has {base_params} params and {floor} remain with every prunable '
+                       'channel gone')
   if scfg.main_criterion not in scfg.criteria:
     raise UsageError(f'study.main_criterion {scfg.main_criterion!r} must be one of '
                      f'study.criteria {tuple(scfg.criteria)}')
+  for crit in scfg.criteria:
+    criteria.get(crit)
   if scfg.copycat_budget not in scfg.budgets:
     raise UsageError(f'study.copycat_budget {scfg.copycat_budget} must be one of study.budgets')
   if not scfg.seeds:
     raise UsageError('study.seeds is empty; give at least one seed, e.g. (0,)')
+  if len(set(scfg.seeds)) != len(scfg.seeds):
+    raise UsageError(f'study.seeds has repeats: {tuple(scfg.seeds)}')
+  if scfg.bootstrap_samples < 100:
+    raise UsageError(f'study.bootstrap_samples must be >= 100, got {scfg.bootstrap_samples}')
 
 
 def _read(path):
@@ -119,37 +164,132 @@ def _read(path):
     return json.load(f)
 
 
+def _base_spec(config, in_channels: int) -> spec_lib.Spec:
+  return train_lib.build_spec(config.model, in_channels)
+
+
+def depth_budgets(config, base, num_classes) -> list[int]:
+  """The parameter counts of the depth-reduced networks a pruned snapshot can match."""
+  scfg, floor = config.study, prune_floor(base, num_classes)
+  widen = config.model.get('widen', 1.0)
+  return [p.budget for f in scfg.reduced if f in DEPTH_FAMILIES
+          for p in reduced_points(f, base, (), scfg.depths, num_classes, widen)
+          if p.budget >= floor]
+
+
+# -- the plan and its cost, before anything runs ------------------------------------------
+
+def plan(config, step_seconds: float | None = None) -> list[dict]:
+  """Every run of the study with its training steps and an estimated time.
+
+  Sizes come from the config and the dataset's known shape (nothing is loaded). Architectures
+  that only pruning reveals (scratch, Scratch-B, copycats) are estimated at their budget: MACs
+  in proportion to parameters, Scratch-B at its 2x cap, and a prune run ending at the smallest
+  budget after the average channel's parameters per removal. `step_seconds` is the measured
+  time of one training step of the base network; other networks are scaled by their MACs.
+  """
+  scfg, tcfg, pcfg = config.study, config.train, config.prune
+  n_train, image_shape, nc = data_lib.describe(config.data.name, config.data.image_size)
+  base = _base_spec(config, image_shape[-1])
+  validate(config, base, nc)
+  base_params = spec_lib.count_params(base, nc)
+  base_macs = spec_lib.count_macs(base, image_shape[0], nc)
+  spe = n_train // tcfg.batch_size
+  steps = tcfg.epochs * spe
+  seeds = len(scfg.seeds)
+  rows = [dict(what='base network', runs=1, steps=steps, macs=base_macs, batch=tcfg.batch_size)]
+  budgets = sorted(set(scfg.budgets) | set(depth_budgets(config, base, nc)))
+  per_channel = (base_params - prune_floor(base, nc)) / sum(base.prunable)
+  rounds = pcfg.rounds
+  if pcfg.stop_after_last_budget:
+    rounds = min(rounds, math.ceil((base_params - min(budgets)) / per_channel))
+  for crit in scfg.criteria:
+    rows.append(dict(what=f'prune-and-tune ({crit}), about {rounds} rounds', runs=1,
+                     steps=(rounds + 1) * pcfg.prune_every, macs=(base_macs + min(budgets) /
+                                                                   base_params * base_macs) / 2,
+                     batch=pcfg.batch_size))
+  widen = config.model.get('widen', 1.0)
+  for fam in scfg.reduced:
+    for p in reduced_points(fam, base, scfg.budgets, scfg.depths, nc, widen):
+      rows.append(dict(what=f'reduced {fam} {p.label}', runs=seeds, steps=steps,
+                       macs=spec_lib.count_macs(p.spec, image_shape[0], nc),
+                       batch=tcfg.batch_size))
+  for b in scfg.budgets:
+    est = b / base_params * base_macs
+    rows.append(dict(what=f'scratch {b:,}', runs=seeds, steps=steps, macs=est,
+                     batch=tcfg.batch_size))
+    if scfg.scratch_b:
+      rows.append(dict(what=f'scratch_b {b:,} (at most 2x epochs)', runs=seeds,
+                       steps=int(steps * SCRATCH_B_CAP), macs=est, batch=tcfg.batch_size))
+    if b != scfg.copycat_budget:  # that one is the scratch run
+      rows.append(dict(what=f'copycat {b:,}', runs=seeds, steps=steps, macs=est,
+                       batch=tcfg.batch_size))
+  for r in rows:
+    r['seconds'] = (None if step_seconds is None else
+                    r['runs'] * r['steps'] * step_seconds * r['macs'] / base_macs
+                    * r['batch'] / tcfg.batch_size)
+  return rows
+
+
+def format_plan(rows, step_seconds, device: str) -> str:
+  head = f'{"run":<44} {"runs":>5} {"steps each":>11} {"est. time":>10}'
+  lines = [head]
+  for r in rows:
+    t = metrics_lib.format_seconds(r['seconds']) if r['seconds'] is not None else '?'
+    lines.append(f'{r["what"][:44]:<44} {r["runs"]:>5} {r["steps"]:>11,} {t:>10}')
+  runs = sum(r['runs'] for r in rows)
+  total_steps = sum(r['runs'] * r['steps'] for r in rows)
+  total = sum(r['seconds'] or 0 for r in rows)
+  lines.append(f'{"total":<44} {runs:>5} {total_steps:>11,} '
+               f'{metrics_lib.format_seconds(total) if step_seconds else "?":>10}')
+  lines.append(f'estimate from a measured base train step of {step_seconds or 0:.4f} s on '
+               f'{device}, other networks scaled by their MACs; evaluation, compilation and '
+               'latency timing not included')
+  return '\n'.join(lines)
+
+
+def measure_step(config) -> float:
+  """Median seconds of one training step of the base network on this device (synthetic data)."""
+  _, image_shape, nc = data_lib.describe(config.data.name, config.data.image_size)
+  base = _base_spec(config, image_shape[-1])
+  return bench.step_seconds(base, config.train.batch_size, config.model.dtype, image_shape[0],
+                            nc)
+
+
+# -- running -------------------------------------------------------------------------------
+
 class Study:
   """Runs the arms of a study config in order, skipping finished runs."""
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir, self.scfg = config, workdir, config.study
-    self.run = train_lib.setup(config)  # validates train/model/data, loads the data once
-    self.dataset: data_lib.Dataset = self.run.dataset
-    self.base_spec = self.run.spec
+    self.ts = train_lib.setup(config)  # validates train/model/data, loads the data once
+    self.dataset: data_lib.Dataset = self.ts.dataset
+    self.base_spec = self.ts.spec
     self.nc = self.dataset.num_classes
-    _validate(config, self.base_spec, self.nc)
-    for crit in self.scfg.criteria:
-      prune_tune.criteria.get(crit)
-    self.results = []   # one dict per finished run (see _row)
-    self._done = 0
+    self.size = self.dataset.image_shape[0]
+    validate(config, self.base_spec, self.nc)
+    self.base_macs = spec_lib.count_macs(self.base_spec, self.size, self.nc)
+    self.rows = []      # one dict per arm point (see _row)
+    self._runs = {}     # (spec json, seed, schedule) -> (run dir, the point that owns it)
+    self._done, self._total, self._t0 = 0, 0, time.perf_counter()
 
   # -- runs -------------------------------------------------------------------------------
-  def _train(self, spec, workdir, seed, epochs=None):
+  def _train(self, spec, workdir, seed, schedule=1.0):
     final_path = os.path.join(workdir, 'final.json')
     if os.path.exists(final_path):
       return _read(final_path)
     cfg = copy.deepcopy(self.config)
     with cfg.unlocked():
       cfg.seed = seed
-      if epochs is not None:
-        cfg.train.epochs = epochs
+      if schedule != 1.0:
+        cfg.train = train_lib.scale_schedule(cfg.train, schedule)
       os.makedirs(workdir, exist_ok=True)
       spec_lib.save(spec, os.path.join(workdir, 'arm_spec.json'))
       cfg.model.spec_file = os.path.join(workdir, 'arm_spec.json')
     return train_lib.train_and_evaluate(cfg, workdir, train_lib.setup(cfg, self.dataset))
 
-  def _prune(self, criterion):
+  def _prune(self, criterion, budgets):
     workdir = os.path.join(self.workdir, f'prune_{criterion}')
     path = os.path.join(workdir, 'summary.json')
     if os.path.exists(path):
@@ -157,96 +297,126 @@ class Study:
     cfg = copy.deepcopy(self.config)
     with cfg.unlocked():
       cfg.prune.update(base_workdir=os.path.join(self.workdir, 'base'), criterion=criterion,
-                       budgets=tuple(self.scfg.budgets), stop_after_last_budget=True)
+                       budgets=tuple(budgets), stop_after_last_budget=True)
     return prune_tune.prune_and_tune(cfg, workdir, self.dataset)
 
   def _progress(self, what):
     self._done += 1
     elapsed = time.perf_counter() - self._t0
-    eta = elapsed / self._done * (self._total - self._done)
+    eta = elapsed / self._done * max(self._total - self._done, 0)
     metrics_lib.log(f'study [{self._done}/{self._total}] {what}  '
                     f'elapsed {metrics_lib.format_seconds(elapsed)}, '
                     f'ETA {metrics_lib.format_seconds(eta)}')
 
   def scratch_points(self, snapshots: dict) -> list[Point]:
-    """Reduced, pruned-from-scratch, copycat (and Scratch-B) points, all trained from scratch."""
+    """Reduced, pruned-from-scratch, Scratch-B and copycat points, all trained from scratch."""
     scfg, points = self.scfg, []
     widen = self.config.model.get('widen', 1.0)
+    floor = prune_floor(self.base_spec, self.nc)
     for fam in scfg.reduced:
-      points += reduced_points(fam, self.base_spec, scfg.budgets, scfg.depths, self.nc, widen)
-    main = snapshots[scfg.main_criterion]
-    base_macs = spec_lib.count_macs(self.base_spec, self.dataset.image_shape[0], self.nc)
-    for s in main:
-      spec = spec_lib.load(os.path.join(s['dir'], 'spec.json'))
-      points.append(Point('scratch', scfg.main_criterion, f'budget{s["budget"]}', spec,
-                          s['budget']))
-      if scfg.scratch_b:
-        # Liu et al.'s Scratch-B: the base network's compute budget, epochs scaled by MACs.
-        epochs = int(round(self.config.train.epochs * min(base_macs / s['macs'], 2.0)))
-        points.append(Point('scratch_b', scfg.main_criterion, f'budget{s["budget"]}', spec,
-                            s['budget'], epochs))
-    profile = next(s for s in main if s['budget'] == scfg.copycat_budget)
-    profile_spec = spec_lib.load(os.path.join(profile['dir'], 'spec.json'))
+      points += [p for p in reduced_points(fam, self.base_spec, scfg.budgets, scfg.depths,
+                                           self.nc, widen)
+                 if fam not in DEPTH_FAMILIES or p.budget >= floor]
+    main = {s['budget']: s for s in snapshots[scfg.main_criterion]}
     for b in scfg.budgets:
-      points.append(Point('copycat', scfg.main_criterion, f'budget{b}',
-                          copycat_spec(profile_spec, b, self.nc), b))
+      if b not in main:
+        continue
+      spec = spec_lib.load(os.path.join(main[b]['dir'], 'spec.json'))
+      points.append(Point('scratch', scfg.main_criterion, f'budget{b}', spec, b))
+      if scfg.scratch_b:
+        points.append(Point('scratch_b', scfg.main_criterion, f'budget{b}', spec, b,
+                            scratch_b_factor(self.base_macs, main[b]['macs'])))
+    if scfg.copycat_budget in main:
+      profile = spec_lib.load(os.path.join(main[scfg.copycat_budget]['dir'], 'spec.json'))
+      for b in scfg.budgets:
+        spec = (profile if b == scfg.copycat_budget  # the profile itself, not a rescaled copy
+                else copycat_spec(profile, b, self.nc))
+        points.append(Point('copycat', scfg.main_criterion, f'budget{b}', spec, b))
     return points
 
   def run_all(self) -> list[dict]:
     scfg = self.scfg
-    n_prune = len(scfg.criteria)
-    self._t0, self._total = time.perf_counter(), 1 + n_prune  # grows once points are known
     base_dir = os.path.join(self.workdir, 'base')
     metrics_lib.log(f'study: base {self.base_spec.family} '
                     f'({spec_lib.count_params(self.base_spec, self.nc):,} params), '
                     f'budgets {tuple(scfg.budgets)}, criteria {tuple(scfg.criteria)}, '
                     f'seeds {tuple(scfg.seeds)}')
+    self._total = 1 + len(scfg.criteria)  # grows once the from-scratch points are known
     base = self._train(self.base_spec, base_dir, self.config.seed)
     self._progress('base network')
-    self.results.append(self._row('base', 'base', self.base_spec, None, [base]))
+    self.rows.append(self._row(Point('base', 'base', 'base', self.base_spec, None),
+                               [base_dir], [base]))
+    budgets = sorted(set(scfg.budgets) | set(depth_budgets(self.config, self.base_spec,
+                                                           self.nc)), reverse=True)
     snapshots = {}
     for crit in scfg.criteria:
-      summary = self._prune(crit)
+      summary = self._prune(crit, budgets)
       snapshots[crit] = summary['snapshots']
       for s in summary['snapshots']:
         spec = spec_lib.load(os.path.join(s['dir'], 'spec.json'))
-        row = self._row('pruned', crit, spec, s['budget'], [s])
+        row = self._row(Point('pruned', crit, f'budget{s["budget"]}', spec, s['budget']),
+                        [s['dir']], [s])
+        # Its cost: the base network plus the prune run up to this snapshot.
         row.update(compilations=summary['compilations'],
-                   train_seconds=base['train_seconds'] + summary['seconds'])
-        self.results.append(row)
+                   train_seconds=base['train_seconds'] + s['prune_seconds'],
+                   train_macs=base['train_macs'] + s['prune_train_macs'],
+                   rounds=s['round'])
+        self.rows.append(row)
       self._progress(f'prune-and-tune ({crit})')
     points = self.scratch_points(snapshots)
-    self._total += len(points) * len(scfg.seeds)
+    self._total += sum(len(scfg.seeds) for _ in points)
     for p in points:
-      finals = []
+      dirs, finals, owner = [], [], None
       for seed in scfg.seeds:
+        key = (p.spec.to_json(), seed, p.schedule)
         d = os.path.join(self.workdir, 'arms', p.arm, f'{p.family}_{p.label}', f'seed{seed}')
-        finals.append(self._train(p.spec, d, seed, p.epochs))
-        self._progress(f'{p.arm}/{p.family}/{p.label} seed {seed}')
-      self.results.append(self._row(p.arm, p.family, p.spec, p.budget, finals))
-    return self.results
+        if key in self._runs:
+          d, owner = self._runs[key]
+        else:
+          self._runs[key] = (d, f'{p.arm} {p.family} {p.label}')
+        finals.append(self._train(p.spec, d, seed, p.schedule))
+        dirs.append(d)
+        self._progress(f'{p.arm}/{p.family}/{p.label} seed {seed}'
+                       + (f' (the run of {owner})' if owner else ''))
+      row = self._row(p, dirs, finals)
+      row['same_run_as'] = owner
+      self.rows.append(row)
+    return self.rows
 
-  def _row(self, arm, family, spec, budget, finals) -> dict:
+  def _row(self, p: Point, dirs, finals) -> dict:
     errs = [f['test_error'] for f in finals]
     mean = sum(errs) / len(errs)
     std = (sum((e - mean) ** 2 for e in errs) / (len(errs) - 1)) ** 0.5 if len(errs) > 1 else 0.0
-    return {'arm': arm, 'family': family, 'budget': budget,
-            'params': spec_lib.count_params(spec, self.nc),
-            'macs': spec_lib.count_macs(spec, self.dataset.image_shape[0], self.nc),
+    return {'arm': p.arm, 'family': p.family, 'label': p.label, 'budget': p.budget,
+            'params': spec_lib.count_params(p.spec, self.nc),
+            'macs': spec_lib.count_macs(p.spec, self.size, self.nc),
             'test_error': mean, 'test_error_std': std, 'seeds': len(errs),
+            'schedule': p.schedule,
             'train_seconds': sum(f.get('train_seconds', 0.0) for f in finals) / len(finals),
-            'compilations': None, 'spec': spec_lib.to_json(spec)}
+            'train_macs': sum(f.get('train_macs', 0) for f in finals) / len(finals),
+            'compilations': None, 'same_run_as': None,
+            'wider_than_base': wider_than_base(p.spec, self.base_spec),
+            'runs': list(dirs), 'spec': spec_lib.to_json(p.spec)}
 
 
-def run_study(config, workdir: str) -> dict:
-  """Runs (or continues) the whole study and writes its report; returns the report's facts."""
+def run_study(config, workdir: str, log=print) -> dict:
+  """Prints the plan and its estimated cost; unless `study.dry_run`, runs (or continues) the
+  whole study and writes its report. Returns the report's facts (or the plan)."""
   from jaxbud import report  # pylint: disable=g-import-not-at-top
+  rows = plan(config)  # validates the study settings before anything is measured or written
+  device = jax.devices()[0].device_kind
+  step_s = measure_step(config)
+  text = format_plan(plan(config, step_s), step_s, device)
+  log(f'study plan ({config.data.name}, {config.model.family}):\n{text}')
+  if config.study.dry_run:
+    return {'plan': rows, 'step_seconds': step_s, 'text': text}
   study = Study(config, workdir)
   metrics_lib.make_workdir(workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))
+    with open(os.path.join(workdir, 'plan.txt'), 'w') as f:
+      f.write(text + '\n')
   rows = study.run_all()
-  report.add_latency(rows, study.dataset.image_shape, study.nc, config.study,
-                     os.path.join(workdir, 'latency.json'))
-  return report.write(rows, workdir, config, len(study.dataset.test_labels))
+  report.add_latency(rows, config, study.dataset, os.path.join(workdir, 'latency.json'))
+  return report.write(rows, workdir, config, study.dataset)

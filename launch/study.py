@@ -2,7 +2,10 @@ r"""Runs the whole study and writes report.md; with no arguments, the embedded d
 
   python -m launch.study
   python -m launch.study --config=configs/study_wrn_40_2_cifar10.py --workdir=runs/study_wrn
-Re-running the same command reuses finished arms and continues unfinished ones.
+  python -m launch.study --config=configs/study_wrn_40_2_cifar10.py --config.study.dry_run=True
+The plan (every run, its steps and an estimated time from a measured step) is printed first;
+with study.dry_run it is all that happens. Re-running the same command reuses finished arms and
+continues unfinished ones.
 """
 import os
 
@@ -18,6 +21,8 @@ _CONFIG, _WORKDIR = cli.config_and_workdir(
 def main(argv):
   del argv
   out = study.run_study(_CONFIG.value, _WORKDIR.value)
+  if 'answers' not in out:  # a dry run: the plan is all
+    return
   for k, (headline, _) in out['answers'].items():
     print(f'{k}: {headline}')
   print(f'report: {out["report"]}')

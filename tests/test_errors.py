@@ -1,7 +1,8 @@
 """The bad-input catalogue of docs/reliability.md: one clear error, and the workdir as it was.
 
-Through the API each entry is a ValueError; through a launcher it is one line on stderr and
-exit status 2 (tests/test_launch.py has more launcher cases). Entries tested elsewhere: missing
+Through the API each entry is a jaxbud.errors.UsageError (a ValueError); through a launcher it
+is one line on stderr and exit status 2, while any other exception keeps its traceback and exits
+with status 1 (tests/test_launch.py has more launcher cases). Entries tested elsewhere: missing
 data (tests/test_data_tfds.py), a batch not divisible by the devices (tests/test_parallel.py), a
 checkpoint of another spec (tests/test_reliability.py), malformed spec JSON in detail
 (tests/test_spec.py), bad benchmark settings (tests/test_bench.py).
@@ -15,6 +16,7 @@ import pytest
 
 from configs import default
 from configs import prune_digits
+from jaxbud import errors
 from jaxbud import prune_tune
 from jaxbud import train
 
@@ -148,3 +150,30 @@ def test_prune_launcher_budget_and_rounds(base, tmp_path):
   r = launch('launch.prune', *common, '--config.prune.rounds=500')
   assert_one_line_exit_2(r, r'prune.rounds=500 removes more channels than the 112 prunable')
   assert not (tmp_path / 'run').exists()
+
+
+def test_an_internal_error_keeps_its_traceback_and_exits_1(tmp_path):
+  """Only UsageError is the user's: a ValueError from inside JAX is a bug, shown in full."""
+  code = (
+      'import runpy, sys\n'
+      'import jax.numpy as jnp\n'
+      'from jaxbud import train\n'
+      'def broken_step(*args, **kwargs):\n'
+      '  return lambda state, batch: (jnp.stack([jnp.ones(3), jnp.ones(4)]), {})\n'
+      'train.make_train_step = broken_step\n'
+      f'sys.argv = ["train", "--config=configs/default.py", "--workdir={tmp_path}/run",\n'
+      '            "--config.model.depth=10", "--config.train.epochs=1"]\n'
+      'runpy.run_module("launch.train", run_name="__main__")\n')
+  r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert 'Traceback' in r.stderr and 'jaxbud/loop.py' in r.stderr
+  assert 'ValueError: All input arrays must have the same shape' in r.stderr
+  assert '\nerror: ' not in r.stderr
+
+
+def test_user_errors_are_usage_errors():
+  c = default.get_config()
+  c.model.family = 'vgg'
+  with pytest.raises(errors.UsageError):
+    train.setup(c)

@@ -42,7 +42,8 @@ PRUNE = ['--config=configs/prune_digits.py', '--config.model.depth=10',
          '--config.model.widen=1', '--config.train.epochs=2', '--config.prune.prune_every=3',
          '--config.prune.rounds=2', '--config.prune.budgets=(76000,)',
          '--config.prune.compact_every=64', '--config.prune.log_every_rounds=1',
-         '--config.prune.checkpoint_every_rounds=2']
+         '--config.prune.checkpoint_every_rounds=2',
+         '--config.prune.stop_after_last_budget=False']
 
 
 def _free_port() -> int:
@@ -159,12 +160,17 @@ def test_two_processes_prune_exactly_like_one(trained, tmp_path):
                devices=1, processes=2))
   _wait(reference)
   history = {k: _load(os.path.join(d, 'history.json')) for k, d in pdirs.items()}
-  assert len(history['two']) == 2 and history['two'] == history['one']  # same channels, scores
-  assert [l['step'] for l in _lines(pdirs['two'])] == [3, 6]
+  removals = history['two']['removals']
+  assert len(removals) == 2 and removals == history['one']['removals']  # channels, scores
+  untimed = {k: [{f: v for f, v in e.items() if f != 'seconds'} for e in h['evaluations']]
+             for k, h in history.items()}
+  assert untimed['two'] == untimed['one'] and untimed['two'][0]['round'] == 0
+  assert {l['step'] for l in _lines(pdirs['two'])} == {3, 6, 9}  # 3 rounds of 3 steps
   assert _lines(pdirs['two']) == _lines(pdirs['one'])
   snaps = {k: os.path.join(d, 'snapshots', '76000') for k, d in pdirs.items()}
   results = {k: _load(os.path.join(s, 'result.json')) for k, s in snaps.items()}
   assert results['two'].pop('dir') != results['one'].pop('dir')
+  results['two'].pop('prune_seconds'), results['one'].pop('prune_seconds')
   assert results['two'] == results['one']
   # The snapshot checkpoint both processes saved (compacted, smaller shapes) equals the reference.
   spec = spec_lib.load(os.path.join(snaps['two'], 'spec.json'))
@@ -172,7 +178,7 @@ def test_two_processes_prune_exactly_like_one(trained, tmp_path):
   c = prune_digits.get_config()
   model = models.build(spec, 10)
   template = jax.eval_shape(lambda k: train.create_state(
-      model, prune_tune.finetune_optimizer(c.prune), k, (8, 8, 1)), jax.random.key(0))
+      model, prune_tune.finetune_optimizer(c.prune, 1.0), k, (8, 8, 1)), jax.random.key(0))
   a = _restore(os.path.join(snaps['two'], 'checkpoint'), template)
   b = _restore(os.path.join(snaps['one'], 'checkpoint'), template)
   for x, y in zip(a, b):

@@ -36,7 +36,7 @@ try:
   batch_error = None
 except ValueError as e:
   batch_error = str(e)
-history = json.load(open(workdir + '/prune/history.json'))
+history = json.load(open(workdir + '/prune/history.json'))['removals']
 print(json.dumps({'devices': jax.device_count(), 'base_loss': final['test_loss'],
                   'history': [(h['layer'], h['channel']) for h in history],
                   'scores': [h['score'] for h in history],

@@ -1,4 +1,4 @@
-"""Prune-and-tune runs on digits: snapshots, training a pruned spec from scratch, bad settings.
+"""Prune-and-tune runs on digits: the reference's round protocol, snapshots, trajectory, costs.
 
 Kill-and-resume of prune runs is in tests/test_reliability.py.
 """
@@ -6,12 +6,17 @@ import json
 import os
 
 import jax
+import numpy as np
 import pytest
 
 from configs import prune_digits
 from jaxbud import checkpoint as ckpt_lib
+from jaxbud import input_pipeline
+from jaxbud import models
+from jaxbud import parallel
 from jaxbud import prune_tune
 from jaxbud import spec as spec_lib
+from jaxbud import stats
 from jaxbud import train
 
 
@@ -21,7 +26,8 @@ def small_config(base_workdir, **prune):
   c.train.update(epochs=2)
   c.prune.update(dict(base_workdir=str(base_workdir), prune_every=3, rounds=30,
                       budgets=(70_000, 60_000), compact_every=8, log_every_rounds=10,
-                      checkpoint_every_rounds=5, stop_after_last_budget=False), **prune)
+                      checkpoint_every_rounds=5, stop_after_last_budget=False,
+                      eval_every_rounds=1), **prune)
   return c
 
 
@@ -32,40 +38,135 @@ def base(tmp_path_factory):
   return workdir
 
 
-def test_prune_run_snapshots_budgets_and_trains_them_from_scratch(base, tmp_path):
-  c = small_config(base)
-  summary = prune_tune.prune_and_tune(c, str(tmp_path / 'prune'))
-  assert summary['removed'] == 30
+@pytest.fixture(scope='module')
+def run(base, tmp_path_factory):
+  """One prune run of 30 rounds, with the data-stream seeds it asked for."""
+  workdir = tmp_path_factory.mktemp('prune')
+  seeds = []
+  real = input_pipeline.train_batches
+
+  def spy(*args, **kw):
+    seeds.append(kw['seed'])
+    return real(*args, **kw)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(input_pipeline, 'train_batches', spy)
+    summary = prune_tune.prune_and_tune(small_config(base), str(workdir))
+  history = json.load(open(workdir / 'history.json'))
+  return summary, history, seeds
+
+
+def test_rounds_remove_one_channel_each_and_compile_once_per_compaction(run):
+  summary, history, _ = run
+  removals = history['removals']
+  assert summary['removed'] == len(removals) == 30
+  assert all(h['step'] == 3 * (h['round'] + 1) for h in removals)
+  assert len({(h['layer'], h['channel']) for h in removals}) == 30  # never twice
   # One compilation for the base shapes, then one per compaction (every 8 channels or snapshot).
   assert 2 <= summary['compilations'] <= 1 + 30 // 8 + 2
+
+
+def test_fine_tuning_uses_the_base_final_lr_and_its_own_data_stream(run):
+  summary, _, seeds = run
+  c = small_config('')
+  assert summary['lr'] == pytest.approx(c.train.lr * c.train.lr_decay ** len(c.train.milestones))
+  assert seeds == [prune_tune.data_seed(c.seed)] and seeds[0] != c.seed
+  ds = train.setup(c).dataset
+  first = lambda seed: next(input_pipeline.array_batches(ds, seed, 64, 0, 1))[1]['label']
+  assert not np.array_equal(first(seeds[0]), first(c.seed))  # not the base run's batches
+
+
+def test_trajectory_is_evaluated_every_round_with_cost_so_far(run):
+  _, history, _ = run
+  evals = history['evaluations']
+  # Rounds 0..30: the tuned network before each removal, then after the last one.
+  assert [e['round'] for e in evals] == list(range(31))
+  assert [e['removed'] for e in evals] == list(range(31))
+  params = [e['params'] for e in evals]
+  assert params[0] == 77_562 and params == sorted(params, reverse=True)
+  assert params[1:] == [h['params'] for h in history['removals']]
+  # Training compute adds up round by round: 3 x MACs x prune_every x batch each.
+  macs = np.cumsum([3 * e['macs'] * 3 * 64 for e in evals])
+  assert [e['train_macs'] for e in evals] == macs.tolist()
+  assert all(0 <= e['test_error'] <= 1 for e in evals)
+  secs = [e['seconds'] for e in evals]
+  assert secs == sorted(secs)
+
+
+def test_snapshots_are_tuned_before_the_next_removal(run):
+  summary, history, _ = run
+  removals, evals = history['removals'], history['evaluations']
   assert [s['budget'] for s in summary['snapshots']] == [70_000, 60_000]
-  history = json.load(open(tmp_path / 'prune' / 'history.json'))
-  assert len(history) == 30 and all(h['step'] == 3 * (h['round'] + 1) for h in history)
-  assert len({(h['layer'], h['channel']) for h in history}) == 30  # never the same channel twice
+  for snap in summary['snapshots']:
+    crossing = next(i for i, h in enumerate(removals) if h['params'] <= snap['budget'])
+    # Taken after the round that follows the crossing removal, not right after the removal.
+    assert snap['round'] == removals[crossing]['round'] + 1
+    assert snap['step'] == 3 * (snap['round'] + 1) and snap['removed'] == crossing + 1
+    assert snap['params'] == removals[crossing]['params'] <= snap['budget']
+    ev = evals[snap['round']]
+    assert (ev['test_error'], ev['params']) == (snap['test_error'], snap['params'])
+    # Its cost: the prune run up to this snapshot.
+    assert snap['prune_train_macs'] == ev['train_macs']
+  a, b = summary['snapshots']
+  assert a['prune_train_macs'] < b['prune_train_macs']
+  assert a['prune_seconds'] < b['prune_seconds'] <= summary['seconds']
+
+
+def test_snapshot_folder_restores_and_reproduces_its_predictions(base, run):
+  summary, history, _ = run
+  c = small_config(base)
+  ts = train.setup(c)
   for snap in summary['snapshots']:
     d = snap['dir']
     spec = spec_lib.load(os.path.join(d, 'spec.json'))
-    assert spec_lib.count_params(spec, 10) == snap['params'] <= snap['budget']
+    assert spec_lib.count_params(spec, 10) == snap['params']
     assert json.load(open(os.path.join(d, 'result.json')))['test_error'] == snap['test_error']
-    snap_history = json.load(open(os.path.join(d, 'history.json')))
-    assert snap_history == history[:snap['removed']]
-    # The snapshot restores from its folder alone and reproduces its test error.
+    assert json.load(open(os.path.join(d, 'history.json')))['removals'] == (
+        history['removals'][:snap['removed']])
     ck = ckpt_lib.Checkpoints(os.path.join(d, 'checkpoint'))
     assert ck.restore_spec() == spec
-    run = train.setup(small_config(base))
-    model = prune_tune.models.build(spec, 10)
+    model = models.build(spec, 10)
     template = jax.eval_shape(lambda k: train.create_state(
-        model, prune_tune.finetune_optimizer(c.prune), k, (8, 8, 1)), jax.random.key(0))
+        model, prune_tune.finetune_optimizer(c.prune, summary['lr']), k, (8, 8, 1)),
+                              jax.random.key(0))
     state, _ = ck.restore(template)
-    err = train.evaluate(jax.jit(train.make_eval_step(model, run.dataset)), state,
-                         run.dataset.test_images, run.dataset.test_labels, 360,
-                         prune_tune.parallel.make_mesh())['test_error']
-    assert err == pytest.approx(snap['test_error'], abs=1e-6)
-  # The last snapshot's architecture, trained from scratch (fresh init).
-  c2 = small_config(base)
-  c2.model.spec_file = os.path.join(summary['snapshots'][-1]['dir'], 'spec.json')
-  final = train.train_and_evaluate(c2, str(tmp_path / 'scratch'))
+    mesh = parallel.make_mesh()
+    eval_step = jax.jit(train.make_eval_step(model, ts.dataset),
+                        out_shardings=parallel.replicated(mesh))
+    metrics, preds = train.evaluate(eval_step, state, input_pipeline.eval_batches(c, ts.dataset),
+                                    mesh)
+    assert metrics['test_error'] == pytest.approx(snap['test_error'], abs=1e-6)
+    saved, labels = stats.load_predictions(os.path.join(d, 'predictions.npz'))
+    np.testing.assert_array_equal(saved, preds['predictions'])
+    np.testing.assert_array_equal(labels, ts.dataset.test_labels)
+    assert np.mean(saved != labels) == pytest.approx(snap['test_error'], abs=1e-6)
+
+
+def test_pruned_architecture_trains_from_scratch(base, run, tmp_path):
+  summary, _, _ = run
+  c = small_config(base)
+  c.model.spec_file = os.path.join(summary['snapshots'][-1]['dir'], 'spec.json')
+  final = train.train_and_evaluate(c, str(tmp_path / 'scratch'))
   assert final['params'] == summary['snapshots'][-1]['params']
+  preds, labels = stats.load_predictions(tmp_path / 'scratch' / 'predictions.npz')
+  assert np.mean(preds != labels) == pytest.approx(final['test_error'], abs=1e-6)
+
+
+def test_a_finished_run_is_not_extended(base, run):
+  summary, _, _ = run
+  workdir = os.path.dirname(os.path.dirname(summary['snapshots'][0]['dir']))
+  again = prune_tune.prune_and_tune(small_config(base), workdir)
+  assert again['removed'] == summary['removed'] and again['snapshots'] == summary['snapshots']
+
+
+def test_stop_after_last_budget_ends_at_the_last_snapshot(base, tmp_path):
+  summary = prune_tune.prune_and_tune(
+      small_config(base, stop_after_last_budget=True, eval_every_rounds=50),
+      str(tmp_path / 'p'))
+  last = summary['snapshots'][-1]
+  assert summary['removed'] == last['removed'] < 30
+  evals = json.load(open(tmp_path / 'p' / 'history.json'))['evaluations']
+  assert [e['round'] for e in evals] == [0, summary['snapshots'][0]['round'], last['round']]
 
 
 def test_budget_above_the_base_and_missing_base_are_clear_errors(base, tmp_path):
@@ -75,4 +176,7 @@ def test_budget_above_the_base_and_missing_base_are_clear_errors(base, tmp_path)
     prune_tune.prune_and_tune(small_config(tmp_path / 'nothing'), str(tmp_path / 'b'))
   with pytest.raises(ValueError, match="unknown prune criterion 'l3'"):
     prune_tune.prune_and_tune(small_config(base, criterion='l3'), str(tmp_path / 'c'))
-  assert not (tmp_path / 'a').exists() and not (tmp_path / 'nothing').exists()
+  with pytest.raises(ValueError, match='prune.eval_every_rounds must be >= 1'):
+    prune_tune.prune_and_tune(small_config(base, eval_every_rounds=0), str(tmp_path / 'd'))
+  assert not any((tmp_path / d).exists() for d in 'abcd')
+  assert not (tmp_path / 'nothing').exists()

@@ -5,6 +5,7 @@ synset (n01440764.tar with n01440764_1000.JPEG, ...) and ILSVRC2012_img_val.tar 
 ILSVRC2012_val_00000001.JPEG, ... whose labels tfds takes from its validation_labels.txt.
 """
 import io
+import json
 import os
 import tarfile
 import threading
@@ -13,6 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxbud import data as data_lib
+from jaxbud import input_pipeline
+from jaxbud import prune_tune
 from jaxbud import train
 from jaxbud.data import stream
 from jaxbud.data import tfds_data
@@ -110,7 +114,7 @@ def test_batches_are_train_order_shapes_and_dtypes(train_source):
     assert batch['image'].shape == (BATCH, SIZE, SIZE, 3) and batch['image'].dtype == np.uint8
     assert batch['label'].shape == (BATCH,) and batch['label'].dtype == np.int32
     epoch, i = divmod(step, NUM_TRAIN // BATCH)
-    idx = np.sort(train.epoch_order(0, epoch, NUM_TRAIN)[i * BATCH:(i + 1) * BATCH])
+    idx = np.sort(data_lib.epoch_order(0, epoch, NUM_TRAIN)[i * BATCH:(i + 1) * BATCH])
     # Blue is constant per image, so it names the record whatever the crop and flip.
     blue = batch['image'][..., 2].astype(float).mean((1, 2))
     np.testing.assert_array_equal(np.round((blue - 8) / 10), k_of[idx])
@@ -306,6 +310,33 @@ def test_imagenet_config_trains_on_the_stream_and_resumes(imagenet, tmp_path):
   assert (resumed['test_loss'], resumed['test_error']) == (
       straight['test_loss'], straight['test_error'])
   # Evaluation reads the validation split through the stream too (centre crops, masked padding).
-  batches = list(train.eval_batches(c, None))
+  batches = list(input_pipeline.eval_batches(c, None))
   assert [b['image'].shape for b in batches] == [(NUM_VAL, SIZE, SIZE, 3)]
   assert batches[0]['mask'].tolist() == [1.0] * NUM_VAL
+
+
+def test_imagenet_prune_run_streams(imagenet, tmp_path, monkeypatch):
+  """A prune run of the ImageNet recipe reads its batches through the stream, on its own seed."""
+  from configs import resnet50_imagenet  # pylint: disable=g-import-not-at-top
+  from configs import sections  # pylint: disable=g-import-not-at-top
+  c = resnet50_imagenet.get_config()
+  c.model.update(depth=18, bottleneck_scale=0.125)
+  c.data.update(data_dir=imagenet[0], image_size=SIZE, stream_workers=0)
+  c.train.update(epochs=1, batch_size=BATCH, eval_batch_size=NUM_VAL, log_every_steps=1)
+  train.train_and_evaluate(c, str(tmp_path / 'base'))
+  c.prune = sections.prune_section(base_workdir=str(tmp_path / 'base'), prune_every=2, rounds=2,
+                                   batch_size=BATCH, eval_every_rounds=1, compact_every=8)
+  calls = []
+  real = stream.train_batches
+
+  def spy(source, **kw):
+    calls.append(kw)
+    return real(source, **kw)
+
+  monkeypatch.setattr(stream, 'train_batches', spy)
+  summary = prune_tune.prune_and_tune(c, str(tmp_path / 'prune'))
+  assert summary['removed'] == 2
+  assert [(k['start'], k['stop'], k['seed']) for k in calls] == [
+      (0, 6, prune_tune.data_seed(c.seed))]
+  history = json.load(open(tmp_path / 'prune' / 'history.json'))
+  assert [e['removed'] for e in history['evaluations']] == [0, 1, 2]

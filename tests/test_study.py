@@ -1,23 +1,58 @@
-"""A tiny study end to end: every arm, the report, and a re-run that reuses finished runs."""
+"""The study: its protocol (Scratch-B, copycat reuse, depth family at its own size, costs per
+budget), the paired verdicts in the report, re-runs, and the plan printed before (dry run)."""
 import csv
+import json
 import os
+import subprocess
+import sys
 
-import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 from configs import study_digits
 from jaxbud import spec as spec_lib
+from jaxbud import stats
 from jaxbud import study
+from jaxbud import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WRN_10_1 = 77_562
 
 
 def tiny_study_config():
   c = study_digits.get_config()
-  c.model.update(depth=10, widen=1.0)           # WRN-10-1: 77,562 params
-  c.train.update(epochs=2, eval_every_epochs=2, checkpoint_every_epochs=2)
-  c.prune.update(prune_every=2, rounds=60, compact_every=16, log_every_rounds=20)
-  c.study.update(criteria=('fisher',), budgets=(60_000,), copycat_budget=60_000,
-                 seeds=(0,), latency_batch_sizes=(1, 8), latency_repeats=2)
+  c.model.update(depth=16, widen=1.0)  # WRN-16-1 (174,778 params); WRN-10-1 is its depth family
+  c.train.update(epochs=2, milestones=(1,), eval_every_epochs=2, checkpoint_every_epochs=2)
+  c.prune.update(prune_every=2, compact_every=32, log_every_rounds=50, eval_every_rounds=40)
+  c.study.update(criteria=('fisher',), budgets=(120_000,), copycat_budget=120_000, seeds=(0,),
+                 depths=(10,), latency_batch_sizes=(1, 8), latency_repeats=2,
+                 bootstrap_samples=500)
   return c
+
+
+def test_scale_schedule_stretches_epochs_and_milestones():
+  c = study_digits.get_config()
+  c.train.update(epochs=200, milestones=(60, 120, 160))
+  s = train.scale_schedule(c.train, 2.0)
+  assert s.epochs == 400 and s.milestones == (120, 240, 320) and c.train.epochs == 200
+  c.train.update(epochs=10, milestones=(5, 8))
+  s = train.scale_schedule(c.train, 1.3)
+  assert s.epochs == 13 and s.milestones == pytest.approx((6.5, 10.4))
+  # The lr drops where the stretched schedule says: step 65 and 104 at 10 steps an epoch.
+  tx = train.make_optimizer(s, steps_per_epoch=10)
+  lrs = []
+  state = tx.init({'w': np.zeros(())})
+  for _ in range(110):
+    updates, state = tx.update({'w': np.ones(())}, state, {'w': np.zeros(())})
+    lrs.append(-float(updates['w']))
+  drops = [i for i in range(1, 110) if lrs[i] < 0.5 * lrs[i - 1]]
+  assert drops == [65, 104]
+  assert isinstance(tx, optax.GradientTransformation)
+
+
+def test_scratch_b_factor_is_the_macs_ratio_capped_at_two():
+  assert study.scratch_b_factor(1000, 800) == 1.25 and study.scratch_b_factor(1000, 100) == 2.0
 
 
 def test_closest_and_copycat_hit_the_budget():
@@ -29,47 +64,152 @@ def test_closest_and_copycat_hit_the_budget():
   assert abs(spec_lib.count_params(cc, 10) - 300_000) < 0.03 * 300_000
   assert cc.prunable[1] >= 1  # the copycat rule max(1, round(s * w)) revives empty blocks
   assert cc.prunable[4] > cc.prunable[3] > cc.prunable[0]  # the profile's shape is kept
+  assert study.wider_than_base(study.copycat_spec(profile, 1_000_000, 10), base)
+  assert not study.wider_than_base(profile, base)
 
 
 def test_bad_study_settings_are_clear_errors():
   c = tiny_study_config()
   c.study.update(budgets=(10_000_000,), copycat_budget=10_000_000)
-  with pytest.raises(ValueError, match=r'study.budgets entry 10000000 must be in \(0, 77562\)'):
+  with pytest.raises(ValueError, match=r'study.budgets entry 10000000 must be in \['):
     study.Study(c, '/nonexistent/never/written')
   c = tiny_study_config()
   c.study.reduced = ('densenet_growth',)
   with pytest.raises(ValueError, match="does not fit the base wrn"):
     study.Study(c, '/nonexistent/never/written')
-
-
-def test_tiny_study_writes_the_report_and_reuses_finished_runs(tmp_path):
   c = tiny_study_config()
-  out = study.run_study(c, str(tmp_path))
-  for name in ('report.md', 'results.json', 'results.csv', 'error_vs_params.png',
-               'latency_vs_params.png', 'width_profiles.png'):
-    assert (tmp_path / name).stat().st_size > 0, name
-  rows = list(csv.DictReader(open(tmp_path / 'results.csv')))
-  arms = {(r['arm'], r['family']) for r in rows}
-  assert {('base', 'base'), ('pruned', 'fisher'), ('scratch', 'fisher'), ('copycat', 'fisher'),
-          ('reduced', 'wrn_width'), ('reduced', 'wrn_bottleneck')} <= arms
-  for r in rows:
-    assert 0 <= float(r['test_error']) <= 1 and float(r['latency_b1_s']) > 0
-  report = open(tmp_path / 'report.md').read()
+  c.study.seeds = (0, 0)
+  with pytest.raises(ValueError, match='study.seeds has repeats'):
+    study.plan(c)
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('study')
+  c = tiny_study_config()
+  out = study.run_study(c, str(workdir))
+  return c, workdir, out
+
+
+def _rows(out, arm, family=None):
+  return [r for r in out['rows'] if r['arm'] == arm and (family is None or r['family'] == family)]
+
+
+def test_tiny_study_writes_every_output(tiny):
+  _, workdir, out = tiny
+  for name in ('report.md', 'results.json', 'results.csv', 'comparisons.json', 'plan.txt',
+               'error_vs_params.png', 'latency_vs_params.png', 'width_profiles.png'):
+    assert (workdir / name).stat().st_size > 0, name
+  rows = list(csv.DictReader(open(workdir / 'results.csv')))
+  assert {(r['arm'], r['family']) for r in rows} == {
+      ('base', 'base'), ('pruned', 'fisher'), ('scratch', 'fisher'), ('scratch_b', 'fisher'),
+      ('copycat', 'fisher'), ('reduced', 'wrn_depth'), ('reduced', 'wrn_width'),
+      ('reduced', 'wrn_bottleneck')}
+  for r in out['rows']:
+    assert 0 <= r['test_error'] <= 1 and r['latency_b1_s'] > 0
+    for d in r['runs']:  # every evaluated model left its per-example predictions
+      preds, labels = stats.load_predictions(os.path.join(d, 'predictions.npz'))
+      assert len(preds) == len(labels) == 360
+
+
+def test_depth_family_meets_a_pruned_network_of_its_own_size(tiny):
+  _, _, out = tiny
+  (depth,) = _rows(out, 'reduced', 'wrn_depth')
+  assert depth['params'] == depth['budget'] == WRN_10_1
+  pruned = {r['budget']: r for r in _rows(out, 'pruned')}
+  assert set(pruned) == {120_000, WRN_10_1}
+  assert WRN_10_1 - 1200 < pruned[WRN_10_1]['params'] <= WRN_10_1  # within one channel below
+  rq1 = [c for c in out['comparisons'] if c['rq'] == 'RQ1']
+  assert {c['budget'] for c in rq1} == {120_000, WRN_10_1}
+  assert {c['rq'] for c in out['comparisons'] if c['budget'] == WRN_10_1} == {
+      'RQ1', 'RQ3', 'RQ5'}
+
+
+def test_copycat_at_the_profile_budget_reuses_the_scratch_run(tiny):
+  _, workdir, out = tiny
+  (scratch,) = _rows(out, 'scratch')
+  (copycat,) = _rows(out, 'copycat')
+  assert copycat['spec'] == scratch['spec'] and copycat['runs'] == scratch['runs']
+  assert copycat['same_run_as'] == 'scratch fisher budget120000'
+  assert not (workdir / 'arms' / 'copycat').exists()  # never trained twice
+  assert 'same runs as scratch fisher budget120000' in open(workdir / 'report.md').read()
+
+
+def test_scratch_b_trains_the_stretched_schedule(tiny):
+  c, _, out = tiny
+  (sb,) = _rows(out, 'scratch_b')
+  (pruned,) = [r for r in _rows(out, 'pruned') if r['budget'] == 120_000]
+  base = _rows(out, 'base')[0]
+  assert sb['schedule'] == pytest.approx(min(base['macs'] / pruned['macs'], 2.0))
+  cfg = json.load(open(os.path.join(sb['runs'][0], 'config.json')))
+  assert cfg['train']['epochs'] == round(2 * sb['schedule'])
+  assert cfg['train']['milestones'] == pytest.approx([cfg['train']['epochs'] / 2])
+  rq2 = [c['a'] for c in out['comparisons'] if c['rq'] == 'RQ2']
+  assert len(rq2) == 2 and 'Scratch-E' in rq2[0] and 'Scratch-B' in rq2[1]
+
+
+def test_each_budget_is_charged_its_own_prune_cost(tiny):
+  _, workdir, out = tiny
+  base = _rows(out, 'base')[0]
+  summary = json.load(open(workdir / 'prune_fisher' / 'summary.json'))
+  snaps = {s['budget']: s for s in summary['snapshots']}
+  for r in _rows(out, 'pruned'):
+    assert r['train_macs'] == base['train_macs'] + snaps[r['budget']]['prune_train_macs']
+  costs = sorted((r['params'], r['train_macs']) for r in _rows(out, 'pruned'))
+  assert costs[0][1] > costs[1][1]  # the smaller snapshot took more pruning
+  for c in (c for c in out['comparisons'] if c['rq'] == 'RQ5'):
+    assert c['verdict'] == (stats.SUPPORTED if c['a_macs'] < c['b_macs'] else
+                            stats.CONTRADICTED)
+
+
+def test_report_states_interval_verdict_and_evidence_for_every_comparison(tiny):
+  _, workdir, out = tiny
+  paired = [c for c in out['comparisons'] if c['rq'] in ('RQ1', 'RQ2', 'RQ4')]
+  assert paired
+  for c in paired:
+    assert c['lo'] <= c['diff'] <= c['hi'] and c['images'] == 360
+    assert c['verdict'] == ('supported' if c['hi'] < 0 else
+                            'contradicted' if c['lo'] > 0 else 'inconclusive')
+    assert c['diff'] == pytest.approx(c['error_a'] - c['error_b'], abs=1e-6)
+  report = open(workdir / 'report.md').read()
   for rq in ('RQ1', 'RQ2', 'RQ3', 'RQ4', 'RQ5'):
     assert f'**{rq}.**' in report
-  assert set(out['answers']) == {'RQ1', 'RQ2', 'RQ3', 'RQ4', 'RQ5'}
-  # Re-running reuses every finished run: no result file is rewritten.
-  finals = sorted(str(p) for p in tmp_path.rglob('final.json')) + \
-      [str(tmp_path / 'prune_fisher' / 'summary.json')]
+  assert report.count('(360 test images; 1 vs 1 run)') == len(paired)
+  for c in out['comparisons']:
+    assert f'**{c["verdict"]}**' in report
+
+
+def test_rerun_reuses_every_finished_run(tiny):
+  c, workdir, _ = tiny
+  finals = sorted(str(p) for p in workdir.rglob('final.json')) + \
+      [str(workdir / 'prune_fisher' / 'summary.json')]
   stamps = {p: os.stat(p).st_mtime_ns for p in finals}
-  study.run_study(c, str(tmp_path))
+  study.run_study(c, str(workdir))
   assert {p: os.stat(p).st_mtime_ns for p in finals} == stamps
 
 
-def test_equal_test_errors_are_a_tie_not_a_win():
-  from jaxbud import report  # pylint: disable=g-import-not-at-top
-  two_seed_mean = {'test_error': (3 / 360 + 5 / 360) / 2}  # 1.11% as a mean of two seeds
-  one_run = {'test_error': float(jnp.float32(4 / 360))}    # 1.11% as one float32 run
-  assert not report._less(two_seed_mean, one_run)  # pylint: disable=protected-access
-  assert not report._less(one_run, two_seed_mean)  # pylint: disable=protected-access
-  assert report._less({'test_error': 3 / 360}, one_run)  # pylint: disable=protected-access
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+  c = tiny_study_config()
+  c.study.dry_run = True
+  lines = []
+  out = study.run_study(c, str(tmp_path / 'never'), log=lines.append)
+  assert not (tmp_path / 'never').exists()
+  assert out['step_seconds'] > 0 and 'total' in out['text'] and lines == [
+      f'study plan (digits, wrn):\n{out["text"]}']
+  whats = [r['what'] for r in out['plan']]
+  assert whats[:2] == ['base network', 'prune-and-tune (fisher), about 128 rounds']
+  assert 'copycat 120,000' not in whats  # the copycat at the profile's budget is the scratch run
+
+
+def test_cifar_study_dry_run_needs_no_data(tmp_path):
+  r = subprocess.run(
+      [sys.executable, '-m', 'launch.study', '--config=configs/study_wrn_40_2_cifar10.py',
+       f'--workdir={tmp_path}/never', '--config.study.dry_run=True',
+       f'--config.data.data_dir={tmp_path}/no_data', '--config.model.widen=0.5',
+       '--config.train.batch_size=8', '--config.study.budgets=(100000,60000)',
+       '--config.study.copycat_budget=60000'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'reduced wrn_depth depth16' in r.stdout and 'prune-and-tune (l1)' in r.stdout
+  assert 'estimate from a measured base train step' in r.stdout
+  assert not (tmp_path / 'never').exists() and not (tmp_path / 'no_data').exists()

@@ -78,10 +78,10 @@ def test_bad_train_settings_raise(small_digits):
 
 
 def test_epoch_order_is_a_seeded_permutation():
-  a = train.epoch_order(0, 3, 100)
+  a = data_lib.epoch_order(0, 3, 100)
   np.testing.assert_array_equal(np.sort(a), np.arange(100))
-  np.testing.assert_array_equal(a, train.epoch_order(0, 3, 100))
-  assert not np.array_equal(a, train.epoch_order(0, 4, 100))
+  np.testing.assert_array_equal(a, data_lib.epoch_order(0, 3, 100))
+  assert not np.array_equal(a, data_lib.epoch_order(0, 4, 100))
 
 
 def test_train_and_evaluate_writes_metrics_checkpoints_and_is_deterministic(small_digits, tmp_path):

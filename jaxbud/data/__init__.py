@@ -92,6 +92,17 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
 
 NAMES = ('digits', 'cifar10', 'cifar100', 'imagenet2012')
+# (training images, image shape, classes) of each dataset, known without loading it.
+_SHAPES = {'digits': (1437, (8, 8, 1), 10), 'cifar10': (50_000, (32, 32, 3), 10),
+           'cifar100': (50_000, (32, 32, 3), 100), 'imagenet2012': (1_281_167, None, 1000)}
+
+
+def describe(name: str, image_size: int = 224) -> tuple[int, tuple[int, int, int], int]:
+  """(training images, (H, W, C), classes) of dataset `name`, without loading it."""
+  if name not in _SHAPES:
+    raise UsageError(f'unknown dataset {name!r}; expected one of {list(NAMES)}')
+  n, shape, classes = _SHAPES[name]
+  return n, shape or (image_size, image_size, 3), classes
 
 
 def load(name: str, data_dir: str | None = None, manual_dir: str | None = None,
