@@ -1,4 +1,4 @@
-"""The embedded default: WRN-16-1 on scikit-learn's 8x8 digits, about a minute on 2 CPU cores.
+"""The embedded default: WRN-16-1 on scikit-learn's 8x8 digits, seconds on 2 CPU cores.
 
   python -m launch.train --config=configs/default.py --workdir=/tmp/jaxbud/default
 """

@@ -1,12 +1,11 @@
 """ResNet-50 on ImageNet (tfds imagenet2012, manual download of the ILSVRC2012 tars).
 
 Standard 90-epoch recipe: SGD momentum 0.9, lr 0.1 per 256 images, x0.1 at 30, 60, 80,
-weight decay 1e-4. Meant for a GPU/TPU host. Training input is meant to stream through
-jaxbud.data.stream: each host decodes only its rows of every batch, in `data.stream_workers`
-processes, with Inception random-resized crops and flips drawn from (seed, step, row). Hence
-crop_pad=0, and `flip` is applied there rather than on the device. Evaluation centre-crops
-the validation images. Until jaxbud.train switches to the stream for imagenet2012, it reads
-centre crops decoded in the training process (docs/data.md).
+weight decay 1e-4. Meant for a GPU/TPU host. Training and prune runs stream their input
+through jaxbud.data.stream (jaxbud.input_pipeline): each host decodes only its rows of every
+batch, in `data.stream_workers` processes, with Inception random-resized crops and flips drawn
+from (seed, step, row). Hence crop_pad=0, and `flip` is applied there rather than on the
+device. Evaluation streams centre crops of the validation images (docs/data.md).
 """
 from configs import default
 
