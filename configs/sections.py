@@ -42,6 +42,7 @@ def study_section(**overrides):
       bootstrap_samples=10_000,       # paired bootstrap of every comparison (jaxbud.stats)
       latency_batch_sizes=(1, 128),
       latency_repeats=10,
+      compilation_cache=True,         # keep compiled programs in <workdir>/jax_cache
       dry_run=False,                  # print the plan and its estimated cost, then exit
   ))
   s.update(overrides)

@@ -302,7 +302,7 @@ def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None
     devices_used = 1
   batch = jax.device_put(synthetic_batch(batch_size, image_shape, num_classes, seed), data)
   state = jax.jit(functools.partial(train_lib.create_state, model, tx, image_shape=image_shape),
-                  out_shardings=repl)(jax.random.key(seed))
+                  out_shardings=repl)(jax.random.key(seed), data_seed=np.uint32(seed))
   crop_pad = 4 if spec.family != 'resnet' else 0
   cases = []
   for mode in modes:
@@ -310,13 +310,12 @@ def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None
       cases.append(infer_case(model, {'params': state.params, 'batch_stats': state.batch_stats},
                               ds.mean, ds.std, batch['image'], options))
     elif mode == 'train':
-      step = train_lib.make_train_step(model, tx, ds, seed=seed, crop_pad=crop_pad, flip=True)
+      step = train_lib.make_train_step(model, tx, ds, crop_pad=crop_pad, flip=True)
       args = (jax.tree.map(jnp.copy, state), batch)
       compiled, cs = _compile(step, args, donate=0, options=options)
       cases.append(_Case(mode, compiled, args, cs, stateful=True))
     elif mode == 'fisher':
-      step = prune.make_prune_step(model, tx, ds, seed=seed, crop_pad=crop_pad, flip=True,
-                                   fisher=True)
+      step = prune.make_prune_step(model, tx, ds, crop_pad=crop_pad, flip=True, fisher=True)
       ps = jax.jit(prune.init_prune_state, static_argnums=1, out_shardings=repl)(
           jax.tree.map(jnp.copy, state), spec)
       args = (ps, batch)

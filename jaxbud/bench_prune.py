@@ -35,7 +35,7 @@ def compare(config, workdir: str) -> dict:
 
   t0 = time.perf_counter()
   crop_pad, flip = input_pipeline.device_augment(config)
-  step = parallel.jit(train_lib.make_train_step(p.model(spec), p.tx, ts.dataset, seed=p.seed,
+  step = parallel.jit(train_lib.make_train_step(p.model(spec), p.tx, ts.dataset,
                                                 crop_pad=crop_pad, flip=flip),
                       donate_argnums=0)
   for _, batch in input_pipeline.train_batches(config, ts.dataset, seed=p.seed,

@@ -145,18 +145,16 @@ def fisher_saliency(gate_grads: dict) -> dict:
           for n, g in gate_grads.items()}
 
 
-def make_prune_step(model, tx, ds, *, seed: int, crop_pad: int, flip: bool,
-                    fisher: bool = True):
+def make_prune_step(model, tx, ds, *, crop_pad: int, flip: bool, fisher: bool = True):
   """(PruneState, batch) -> (PruneState, metrics): SGD on the masked net, Fisher accumulated."""
-  preprocess = train_lib.make_preprocess(ds, seed=seed, crop_pad=crop_pad, flip=flip,
-                                         dtype=model.dtype)
+  preprocess = train_lib.make_preprocess(ds, crop_pad=crop_pad, flip=flip, dtype=model.dtype)
   update = train_lib.make_update(model, tx)
 
   def prune_step(ps: PruneState, batch):
     n = batch['label'].shape[0]
     # Per-example gates, 1 on live channels: the gradient wrt gate (n, c) is g_nc (0 if masked).
     gates = {k: jnp.broadcast_to(m, (n, m.shape[0])) for k, m in ps.mask.items()}
-    x = preprocess(ps.train.step, batch['image'])
+    x = preprocess(ps.train.rng, ps.train.step, batch['image'])
     state, metrics, gate_grads = update(ps.train, x, batch['label'], gates)
     saliency = ps.saliency
     if fisher:

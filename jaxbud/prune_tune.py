@@ -169,9 +169,10 @@ def load_base(config, ps: PruneSetup):
     raise UsageError(f'no readable checkpoint in prune.base_workdir={base_dir!r} (see the '
                      'warnings above)')
   _, (spec, state) = found
+  # A fresh optimizer, step counter and data stream (the prune run's own seed).
   state = train_lib.TrainState(jnp.zeros((), jnp.int32), state.params, state.batch_stats,
-                               ps.tx.init(state.params))
-  return spec, state
+                               ps.tx.init(state.params), train_lib.data_rng(ps.seed))
+  return spec, parallel.replicate(ps.mesh, state)
 
 
 class _Pruning:
@@ -197,7 +198,7 @@ class _Pruning:
     model = self.p.model(self.spec)
     crop_pad, flip = input_pipeline.device_augment(self.p.config)
     self.step = parallel.jit(prune.make_prune_step(
-        model, self.p.tx, self.p.ds, seed=self.p.seed, crop_pad=crop_pad, flip=flip,
+        model, self.p.tx, self.p.ds, crop_pad=crop_pad, flip=flip,
         fisher=self.p.criterion.needs_fisher), donate_argnums=0)
     self.eval_step = parallel.jit(train_lib.make_eval_step(model, self.p.ds),
                                   out_shardings=parallel.replicated(self.p.mesh))

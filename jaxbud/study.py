@@ -399,6 +399,18 @@ class Study:
             'runs': list(dirs), 'spec': spec_lib.to_json(p.spec)}
 
 
+def use_compilation_cache(directory: str):
+  """Keeps compiled programs in `directory` (JAX's persistent cache) unless one is set already.
+
+  A study trains each architecture once per seed; the seed is data (TrainState.rng), so the
+  seeds of one architecture run the same programs and all but the first load them from here.
+  """
+  if jax.config.jax_compilation_cache_dir:
+    return
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+
+
 def run_study(config, workdir: str, log=print) -> dict:
   """Prints the plan and its estimated cost; unless `study.dry_run`, runs (or continues) the
   whole study and writes its report. Returns the report's facts (or the plan)."""
@@ -412,6 +424,8 @@ def run_study(config, workdir: str, log=print) -> dict:
     return {'plan': rows, 'step_seconds': step_s, 'text': text}
   study = Study(config, workdir)
   metrics_lib.make_workdir(workdir)
+  if config.study.compilation_cache:
+    use_compilation_cache(os.path.join(workdir, 'jax_cache'))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))

@@ -135,11 +135,11 @@ def test_fisher_saliency_equals_the_direct_per_example_computation():
   model, state = perturbed_state(spec, (8, 8, 1))
   tx = train.make_optimizer(default.get_config().train, 10)
   ps = prune.init_prune_state(state, spec)
-  step = jax.jit(prune.make_prune_step(model, tx, ds, seed=0, crop_pad=0, flip=False))
+  step = jax.jit(prune.make_prune_step(model, tx, ds, crop_pad=0, flip=False))
   batch = {'image': jnp.asarray(ds.train_images), 'label': jnp.asarray(ds.train_labels)}
   ps2, _ = step(ps, batch)
-  x = train.make_preprocess(ds, seed=0, crop_pad=0, flip=False, dtype=jnp.float32)(
-      0, batch['image'])
+  x = train.make_preprocess(ds, crop_pad=0, flip=False, dtype=jnp.float32)(
+      ps.train.rng, 0, batch['image'])
 
   name = 'block1/conv1'
   def loss_given_activation_offset(delta):
@@ -197,7 +197,7 @@ def test_prune_step_with_the_custom_vjp_gate_equals_autodiff_of_the_product(spec
   ps = ps.replace(mask=mask, saliency=jax.tree.map(lambda m: m * 0 + 0.25, mask))
 
   def run():  # a fresh step each time: gates are looked up while jit traces it
-    step = prune.make_prune_step(model, tx, ds, seed=0, crop_pad=0, flip=False)
+    step = prune.make_prune_step(model, tx, ds, crop_pad=0, flip=False)
     # LLVM optimisation off: ~2x faster to compile on CPU, the same computation.
     return jax.jit(step).lower(ps, batch).compile({'xla_backend_optimization_level': 0})(
         ps, batch)
