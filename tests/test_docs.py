@@ -13,3 +13,17 @@ def test_extending_md_runs():
   exec(compile('\n'.join(blocks), 'docs/extending.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert namespace['snapshot']['params'] <= 70_000
   assert namespace['summary']['criterion'] == 'bn_scale'
+
+
+def test_readme_results_are_the_published_study():
+  """The README's results block is generated from docs/study_digits (scripts/publish_study.py),
+  and docs/study_digits/report.md carries the same table and verdicts."""
+  from jaxbud import report  # pylint: disable=g-import-not-at-top
+  readme = open(os.path.join(ROOT, 'README.md')).read()
+  block = report.results_block(os.path.join(ROOT, 'docs', 'study_digits'))
+  assert report.replace_block(readme, block) == readme
+  published = open(os.path.join(ROOT, 'docs', 'study_digits', 'report.md')).read()
+  assert block.split('\n', 1)[1].split('\n**RQ1')[0] in published  # the table rows
+  for line in block.splitlines():
+    if line.startswith('- budget'):
+      assert line in published

@@ -1,0 +1,43 @@
+r"""Copies a finished study's outputs into docs/study_digits and regenerates the README's results.
+
+  python -m launch.study                       # writes runs/study_digits
+  python scripts/publish_study.py --src=runs/study_digits
+
+The README's block between the study-results markers is `jaxbud.report.results_block` of
+docs/study_digits; tests/test_docs.py checks that they agree.
+"""
+import argparse
+import os
+import shutil
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from jaxbud import report  # pylint: disable=wrong-import-position
+
+FILES = ('report.md', 'results.json', 'results.csv', 'comparisons.json', 'plan.txt',
+         'error_vs_params.png', 'latency_vs_params.png', 'width_profiles.png')
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--src', default=os.path.join(ROOT, 'runs', 'study_digits'))
+  parser.add_argument('--dst', default=os.path.join(ROOT, 'docs', 'study_digits'))
+  parser.add_argument('--readme', default=os.path.join(ROOT, 'README.md'))
+  args = parser.parse_args(argv)
+  missing = [f for f in FILES if not os.path.isfile(os.path.join(args.src, f))]
+  if missing:
+    parser.error(f'{args.src} is not a finished study (missing {", ".join(missing)})')
+  os.makedirs(args.dst, exist_ok=True)
+  for f in FILES:
+    shutil.copy(os.path.join(args.src, f), os.path.join(args.dst, f))
+  with open(args.readme) as f:
+    text = f.read()
+  with open(args.readme, 'w') as f:
+    f.write(report.replace_block(text, report.results_block(args.dst)))
+  print(f'copied {len(FILES)} files to {args.dst} and regenerated the results in {args.readme}')
+
+
+if __name__ == '__main__':
+  main()
