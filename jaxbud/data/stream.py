@@ -1,9 +1,9 @@
 """Streaming ImageNet-scale input: grain over a tfds data source, JPEGs decoded in workers.
 
-`train_batches` has the contract of `jaxbud.train.batches` but yields this process's rows as
+`train_batches` has the contract of `jaxbud.input_pipeline.array_batches`: this process's rows, as
 numpy, decoded and augmented on the host:
 
-- Global batch `step` holds the records `jaxbud.train.batches` would pick: epoch
+- Global batch `step` holds the records `input_pipeline.array_batches` would pick: epoch
   e = step // steps_per_epoch is the permutation seeded by (seed, e).
 - Each process reads and decodes only its contiguous rows of every global batch.
 - Example `row` of global batch `step` gets an Inception-style random-resized crop and a
@@ -139,7 +139,7 @@ class _TrainStep:
     self._order = (None, None)  # (epoch, permutation); replaced whole, so thread-safe
 
   def records(self, step: int) -> np.ndarray:
-    """Sorted record indices of global batch `step`, as jaxbud.train.batches picks them."""
+    """Sorted record indices of global batch `step`, as input_pipeline.array_batches picks them."""
     epoch, i = divmod(step, self.n // self.batch_size)
     cached, order = self._order
     if cached != epoch:
