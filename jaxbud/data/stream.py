@@ -139,7 +139,7 @@ class _TrainStep:
     self._order = (None, None)  # (epoch, permutation); replaced whole, so thread-safe
 
   def records(self, step: int) -> np.ndarray:
-    """Sorted record indices of global batch `step`, as input_pipeline.array_batches picks them."""
+    """Sorted record indices of global batch `step` (as input_pipeline.array_batches)."""
     epoch, i = divmod(step, self.n // self.batch_size)
     cached, order = self._order
     if cached != epoch:
