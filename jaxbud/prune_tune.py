@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxbud import checkpoint as ckpt_lib
 from jaxbud import criteria
+from jaxbud import inference
 from jaxbud import metrics as metrics_lib
 from jaxbud import models
 from jaxbud import parallel
@@ -289,6 +290,7 @@ def _snapshot(r: _Run, ps, spec, history, budget, eval_fn) -> dict:
   if jax.process_index() == 0:
     os.makedirs(d, exist_ok=True)
     spec_lib.save(spec, os.path.join(d, 'spec.json'))
+    inference.write_model_json(d, spec, r.ds, r.config.model.dtype)
     _write_json(os.path.join(d, 'history.json'), history)
     _write_json(os.path.join(d, 'result.json'), result)
   ck = ckpt_lib.Checkpoints(os.path.join(d, 'checkpoint'), keep=1)

@@ -22,6 +22,7 @@ import optax
 from jaxbud import augment
 from jaxbud import checkpoint as ckpt_lib
 from jaxbud import data as data_lib
+from jaxbud import inference
 from jaxbud import metrics as metrics_lib
 from jaxbud import models
 from jaxbud import parallel
@@ -299,6 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: Run
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))
     spec_lib.save(run.spec, os.path.join(workdir, 'spec.json'))
+    inference.write_model_json(workdir, run.spec, ds, config.model.dtype)
   writer = metrics_lib.Writer(workdir, resume_step=start)  # drops lines a killed run wrote
 
   # Streamed ImageNet batches come cropped and flipped from the host.
