@@ -264,6 +264,24 @@ def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None
   return cases, devices_used
 
 
+def time_round_robin(cases, repeats: int, warmup: int, primed: bool = True):
+  """Appends `repeats` timed calls to each case's `times`, the cases interleaved call by call.
+
+  `cases` have `call() -> seconds` and a `times` list. `warmup` untimed rounds come first.
+  """
+  for _ in range(warmup):
+    for c in cases:
+      c.call()
+  for r in range(repeats):  # round-robin: load changes hit every mode alike
+    # A step runs ~5% faster right after an inference call than right after a train step
+    # (measured on CPU). Rotating the order alone still left train after infer in 2 of 3
+    # rounds and fisher in 1 of 3; priming makes every timed call follow its own mode.
+    for c in cases[r % len(cases):] + cases[:r % len(cases)]:
+      if primed:
+        c.call()
+      c.times.append(c.call())
+
+
 def check_settings(modes, batch_sizes, dtypes, repeats, warmup, image_size, num_classes):
   for m in modes:
     if m not in MODES:
@@ -300,17 +318,7 @@ def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',
     peak = (peaks or {}).get(dtype)
     for b in batch_sizes:
       cases, devices_used = _cases(spec, modes, b, dtype, image_size, num_classes, options)
-      for _ in range(warmup):
-        for c in cases:
-          c.call()
-      for r in range(repeats):  # round-robin: load changes hit every mode alike
-        # A step runs ~5% faster right after an inference call than right after a train step
-        # (measured on CPU). Rotating the order alone still left train after infer in 2 of 3
-        # rounds and fisher in 1 of 3; priming makes every timed call follow its own mode.
-        for c in cases[r % len(cases):] + cases[:r % len(cases)]:
-          if primed:
-            c.call()
-          c.times.append(c.call())
+      time_round_robin(cases, repeats, warmup, primed)
       medians = {c.mode: statistics.median(c.times) for c in cases}
       for c in cases:
         med = medians[c.mode]
@@ -397,14 +405,14 @@ _COLUMNS = (  # (header, key, width, format spec); '<' marks left-aligned text c
 )
 
 
-def format_table(rows: list[dict], header: bool = True) -> str:
+def format_table(rows: list[dict], header: bool = True, columns=_COLUMNS) -> str:
   """Aligned text table of the main columns (all columns are in the JSON/CSV)."""
   lines = []
   if header:
-    lines.append(' '.join(f'{h:<{w}}' if f == '<' else f'{h:>{w}}' for h, _, w, f in _COLUMNS))
+    lines.append(' '.join(f'{h:<{w}}' if f == '<' else f'{h:>{w}}' for h, _, w, f in columns))
   for r in rows:
     cells = []
-    for _, key, w, f in _COLUMNS:
+    for _, key, w, f in columns:
       v = r.get(key)
       if v is None:
         cells.append(f'{"-":>{w}}')
