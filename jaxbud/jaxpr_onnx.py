@@ -28,8 +28,6 @@ _UNARY = {'neg': 'Neg', 'exp': 'Exp', 'log': 'Log', 'sqrt': 'Sqrt', 'tanh': 'Tan
           'logistic': 'Sigmoid', 'abs': 'Abs', 'copy': 'Identity', 'copy_p': 'Identity'}
 
 
-
-
 def _np_broadcast_in_dim(x, shape, broadcast_dimensions, **_):
   interim = [1] * len(shape)
   for i, d in enumerate(broadcast_dimensions):

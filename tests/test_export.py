@@ -216,3 +216,12 @@ def test_overwrite_replaces_the_exported_files(small_run, tmp_path):
   export.export(small_run, out, overwrite=True)
   assert sorted(os.listdir(out)) == sorted(export.FILES)
   assert onnx.load(str(out / 'model.onnx')).graph.input[0].name == 'images'
+
+
+def test_a_primitive_without_lowering_is_an_error_naming_it():
+  from jaxbud import jaxpr_onnx  # pylint: disable=g-import-not-at-top
+  x = jax.ShapeDtypeStruct((2, 3), jnp.float32)
+  with pytest.raises(NotImplementedError, match="primitive 'sin' has no ONNX lowering"):
+    jaxpr_onnx.convert(lambda v: jnp.sin(v) + 1, [x])
+  with pytest.raises(ValueError, match='opset 9 is not supported'):
+    jaxpr_onnx.convert(lambda v: v + 1, [x], opset=9)
