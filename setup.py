@@ -1,6 +1,8 @@
 """jaxbud: structured pruning research (Fisher pruning, reduced networks) in JAX."""
 import setuptools
 
+EXPORT = ['onnx>=1.16,<2', 'onnxruntime>=1.18,<2']
+
 setuptools.setup(
     name='jaxbud',
     version='0.1.0',
@@ -25,9 +27,13 @@ setuptools.setup(
         'tensorboardX>=2.6',
     ],
     extras_require={
+        # launch.export's ONNX model and bench.runtime=onnxruntime (docs/export.md). The
+        # StableHLO artifact (jaxbud.export.stablehlo) and jaxbud.load need only the core.
+        'export': EXPORT,
         # tfds' builders read the original CIFAR/ImageNet archives through TensorFlow.
         # (and tfds imports importlib_resources when preparing without declaring it).
         'data': ['tensorflow-cpu>=2.16,<3', 'pillow>=10', 'importlib_resources'],
-        'test': ['pytest>=8', 'tensorflow-cpu>=2.16,<3', 'pillow>=10', 'importlib_resources'],
+        'test': ['pytest>=8', 'tensorflow-cpu>=2.16,<3', 'pillow>=10', 'importlib_resources',
+                 *EXPORT],
     },
 )

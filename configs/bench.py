@@ -1,6 +1,8 @@
 r"""Timing of jitted inference, train and Fisher prune steps (see jaxbud.bench).
 
   python -m launch.bench --config=configs/bench.py --config.bench.batch_sizes='(1,128)'
+  python -m launch.bench --config=configs/bench_reduced_vs_pruned.py \
+      --config.bench.runtime=onnxruntime
   python -m launch.bench --config=configs/bench.py \
       --config.bench.specs="('wrn-40-2','runs/prune/snapshots/1000000')" \
       --config.bench.modes="('infer',)"
@@ -26,6 +28,8 @@ def bench_section(**overrides):
       measure_peak=True,            # time a peak_n^2 float matmul as the FLOP/s reference
       peak_n=2048,
       xla_options='',               # '': jaxbud's (as training), 'xla': XLA's, or 'name=value;...'
+      runtime='xla',                # xla | onnxruntime: XLA inference beside the exported ONNX
+                                    # model in onnxruntime (CPU), see jaxbud.bench_runtime
       out_dir='/tmp/jaxbud/bench',  # bench.json and bench.csv go here
   ))
   b.update(overrides)

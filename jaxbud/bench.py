@@ -234,7 +234,9 @@ def infer_case(model, variables, mean, std, images, options=None) -> _Case:
 
 
 def time_round_robin(cases, repeats: int, warmup: int = 1, primed: bool = True):
-  """Times every case `repeats` times into `case.times`, round-robin (see the module doc)."""
+  """Appends `repeats` timed calls to each case's `times`, the cases interleaved call by call
+  (see the module doc). `cases` have `call() -> seconds` and a `times` list; `warmup` untimed
+  rounds come first."""
   for _ in range(warmup):
     for c in cases:
       c.call()
@@ -447,14 +449,14 @@ _COLUMNS = (  # (header, key, width, format spec); '<' marks left-aligned text c
 )
 
 
-def format_table(rows: list[dict], header: bool = True) -> str:
+def format_table(rows: list[dict], header: bool = True, columns=_COLUMNS) -> str:
   """Aligned text table of the main columns (all columns are in the JSON/CSV)."""
   lines = []
   if header:
-    lines.append(' '.join(f'{h:<{w}}' if f == '<' else f'{h:>{w}}' for h, _, w, f in _COLUMNS))
+    lines.append(' '.join(f'{h:<{w}}' if f == '<' else f'{h:>{w}}' for h, _, w, f in columns))
   for r in rows:
     cells = []
-    for _, key, w, f in _COLUMNS:
+    for _, key, w, f in columns:
       v = r.get(key)
       if v is None:
         cells.append(f'{"-":>{w}}')

@@ -81,6 +81,21 @@ class Checkpoints:
                                    'match their saved checksum (truncated or corrupted files)')
     return _unflatten(out['state'], abstract_state), meta
 
+  def restore_part(self, abstract_part, step: int | None = None):
+    """Only the arrays of `abstract_part`, a part of the saved state such as
+    {'params', 'batch_stats'}, at `step` (default latest).
+
+    Orbax reads nothing else (a partial restore), so neither the optimizer that wrote the
+    checkpoint nor its state is needed. The checksum in `meta` covers the whole state, so it is
+    not checked here.
+    """
+    step = self.latest_step() if step is None else step
+    flat = _flatten(abstract_part)
+    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=flat, restore_args=ocp.checkpoint_utils.construct_restore_args(flat),
+        partial_restore=True)))
+    return _unflatten(out['state'], abstract_part)
+
   def restore_newest(self, load, quarantine: bool = True):
     """`(step, load(step))` for the newest step that `load` reads back, or None if none does.
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from jaxbud import checkpoint as ckpt_lib
 from jaxbud import criteria
+from jaxbud import inference
 from jaxbud import input_pipeline
 from jaxbud import loop as loop_lib
 from jaxbud import metrics as metrics_lib
@@ -283,6 +284,7 @@ class _Pruning:
     if jax.process_index() == 0:
       os.makedirs(d, exist_ok=True)
       spec_lib.save(spec, os.path.join(d, 'spec.json'))
+      inference.write_model_json(d, spec, self.p.ds, self.p.config.model.dtype)
       stats.save_predictions(os.path.join(d, 'predictions.npz'), **preds)
     train_lib.write_json(os.path.join(d, 'history.json'), self.history())
     train_lib.write_json(os.path.join(d, 'result.json'), out)

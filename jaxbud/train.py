@@ -21,6 +21,7 @@ import optax
 from jaxbud import augment
 from jaxbud import checkpoint as ckpt_lib
 from jaxbud import data as data_lib
+from jaxbud import inference
 from jaxbud import input_pipeline
 from jaxbud import loop as loop_lib
 from jaxbud import metrics as metrics_lib
@@ -337,6 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))
     spec_lib.save(ts.spec, os.path.join(workdir, 'spec.json'))
+    inference.write_model_json(workdir, ts.spec, ds, config.model.dtype)
   writer = metrics_lib.Writer(workdir, resume_step=start)  # drops lines a killed run wrote
 
   spe, total = ts.steps_per_epoch, ts.total_steps

@@ -1,0 +1,102 @@
+"""A trained or pruned network as files other programs run: StableHLO (jax.export) and ONNX.
+
+`export(src, out)` reads a train workdir or prune snapshot (`jaxbud.inference.load`) and writes:
+- model.stablehlo: the serialized `jax.export` artifact of the eval-mode forward pass, uint8
+  NHWC images with a symbolic batch dimension in, float32 logits out, normalisation included,
+  lowered for CPU, CUDA, ROCm and TPU. Plain JAX runs it:
+  `jax.export.deserialize(open(path, 'rb').read()).call(images)`.
+- model.onnx: the same function as an ONNX model (`jaxbud.jaxpr_onnx`), input 'images' with
+  the dimension 'batch', output 'logits'. It always computes in float32 (a bfloat16 network's
+  params are float32 already), since onnxruntime has no bfloat16 convolutions on CPU.
+- spec.json and model.json of the network.
+Every check on the flags and the source runs before anything is written.
+"""
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jaxbud import errors
+from jaxbud import inference
+from jaxbud import models
+from jaxbud import spec as spec_lib
+
+FILES = ('model.stablehlo', 'model.onnx', 'spec.json', 'model.json')
+DEFAULT_OPSET = 17
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+
+
+def input_spec(net: inference.Network, batch: str = 'batch') -> jax.ShapeDtypeStruct:
+  """uint8 (batch, H, W, C) with a symbolic batch dimension."""
+  (b,) = jax.export.symbolic_shape(batch)
+  return jax.ShapeDtypeStruct((b, *net.input_shape), jnp.uint8)
+
+
+def stablehlo(net: inference.Network, platforms=PLATFORMS) -> bytes:
+  """The serialized jax.export artifact of `net.apply` (weights embedded as constants)."""
+  exported = jax.export.export(jax.jit(net.apply), platforms=platforms)(input_spec(net))
+  return bytes(exported.serialize())
+
+
+def onnx_model(net: inference.Network, opset: int = DEFAULT_OPSET):
+  """`net`'s forward pass, computed in float32, as an onnx.ModelProto."""
+  model = net.model
+  if jnp.dtype(model.dtype) != jnp.float32:
+    model = models.build(net.spec, net.info['num_classes'], jnp.float32)
+  fn = lambda images: inference.forward(  # pylint: disable=unnecessary-lambda-assignment
+      model, net.variables, net.info['normalisation'], images)
+  return _converter().convert(fn, [input_spec(net)], opset=opset, input_names=['images'],
+                            output_names=['logits'], name=f'jaxbud_{net.spec.family}')
+
+
+def _converter():
+  """jaxbud.jaxpr_onnx, imported on use: it needs the onnx package (the export extra)."""
+  try:
+    from jaxbud import jaxpr_onnx  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise errors.UsageError("ONNX export needs the onnx package: pip install -e '.[export]'"
+                            ) from None
+  return jaxpr_onnx
+
+
+def check(src, out, overwrite: bool = False, opset: int = DEFAULT_OPSET):
+  """The checks `export` runs before writing: opset, output folder, source (UsageError)."""
+  lo, hi = _converter().MIN_OPSET, _converter().max_opset()
+  if isinstance(opset, bool) or not isinstance(opset, int) or not lo <= opset <= hi:
+    raise errors.UsageError(f'--opset={opset} is not supported; use an ONNX opset from {lo} '
+                            f'to {hi} (default {DEFAULT_OPSET})')
+  if not out:
+    raise errors.UsageError('--out is empty; give the folder to write the exported files to')
+  if os.path.exists(out):
+    if not os.path.isdir(out):
+      raise errors.UsageError(f'--out={out} is a file; give a folder')
+    if os.listdir(out) and not overwrite:
+      raise errors.UsageError(f'--out={out} exists and is not empty; choose a new folder or '
+                              'pass --overwrite to replace the exported files in it')
+  inference.checkpoint_dir(src)
+  inference.read_model_json(src)
+
+
+def export(src, out, overwrite: bool = False, opset: int = DEFAULT_OPSET) -> dict:
+  """Writes FILES for the network in `src` into `out`; returns paths, sizes and seconds."""
+  src, out = os.fspath(src), os.fspath(out)
+  check(src, out, overwrite, opset)
+  net = inference.load(src)
+  t0 = time.perf_counter()
+  hlo = stablehlo(net)
+  t1 = time.perf_counter()
+  onnx_bytes = onnx_model(net, opset).SerializeToString()
+  t2 = time.perf_counter()
+  os.makedirs(out, exist_ok=True)
+  contents = {'model.stablehlo': hlo, 'model.onnx': onnx_bytes,
+              'spec.json': (spec_lib.to_json(net.spec) + '\n').encode(),
+              'model.json': json.dumps(net.info, indent=1).encode()}
+  for name in FILES:
+    with open(os.path.join(out, name), 'wb') as f:
+      f.write(contents[name])
+  return {'files': {n: os.path.join(out, n) for n in FILES},
+          'bytes': {n: len(contents[n]) for n in FILES},
+          'stablehlo_seconds': t1 - t0, 'onnx_seconds': t2 - t1, 'params': net.num_params,
+          'opset': opset}
