@@ -123,8 +123,8 @@ def _compute(budget, a, b) -> dict:
              stats.CONTRADICTED if a['train_macs'] > b['train_macs'] else stats.INCONCLUSIVE)
   return {'rq': 'RQ5', 'budget': budget, 'a': _name(a), 'b': _name(b),
           'a_macs': a['train_macs'], 'b_macs': b['train_macs'], 'verdict': verdict,
-          'text': f'{a["train_macs"] / 1e12:.3f} vs {b["train_macs"] / 1e12:.3f} TMACs of '
-                  f'training ({a["train_seconds"]:.0f} s vs {b["train_seconds"]:.0f} s here)'}
+          'text': f'{a["train_macs"]:.2e} vs {b["train_macs"]:.2e} MACs of training '
+                  f'({a["train_seconds"]:.0f} s vs {b["train_seconds"]:.0f} s here)'}
 
 
 def comparisons(rows, config) -> list[dict]:
@@ -274,13 +274,13 @@ def _budget(r) -> str:
 
 def table(rows) -> str:
   head = ('| arm | family | budget | params | MACs | test error | seeds | latency b1 (ms) | '
-          'latency large (ms) | train TMACs | train s | note |\n'
+          'latency large (ms) | train MACs | train s | note |\n'
           '|---|---|---|---|---|---|---|---|---|---|---|---|\n')
   body = ''.join(
       f'| {r["arm"]} | {r["family"]} | {_budget(r)} | '
       f'{r["params"]:,} | {r["macs"]:,} | {_fmt_err(r)} | {r["seeds"]} | '
       f'{1e3 * r.get("latency_b1_s", float("nan")):.3f} | '
-      f'{1e3 * r.get("latency_large_s", float("nan")):.2f} | {r["train_macs"] / 1e12:.2f} | '
+      f'{1e3 * r.get("latency_large_s", float("nan")):.2f} | {r["train_macs"]:.2e} | '
       f'{r["train_seconds"]:.0f} | {_note(r)} |\n'
       for r in rows)
   return head + body

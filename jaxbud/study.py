@@ -324,8 +324,11 @@ class Study:
       spec = spec_lib.load(os.path.join(main[b]['dir'], 'spec.json'))
       points.append(Point('scratch', scfg.main_criterion, f'budget{b}', spec, b))
       if scfg.scratch_b:
-        points.append(Point('scratch_b', scfg.main_criterion, f'budget{b}', spec, b,
-                            scratch_b_factor(self.base_macs, main[b]['macs'])))
+        factor = scratch_b_factor(self.base_macs, main[b]['macs'])
+        epochs = self.config.train.epochs
+        # The factor the whole epochs allow: a run that rounds to the base's epochs is Scratch-E.
+        factor = round(epochs * factor) / epochs if epochs else 1.0
+        points.append(Point('scratch_b', scfg.main_criterion, f'budget{b}', spec, b, factor))
     if scfg.copycat_budget in main:
       profile = spec_lib.load(os.path.join(main[scfg.copycat_budget]['dir'], 'spec.json'))
       for b in scfg.budgets:

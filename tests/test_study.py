@@ -25,7 +25,7 @@ def tiny_study_config():
   c.model.update(depth=16, widen=1.0)  # WRN-16-1 (174,778 params); WRN-10-1 is its depth family
   c.train.update(epochs=2, milestones=(1,), eval_every_epochs=2, checkpoint_every_epochs=2)
   c.prune.update(prune_every=2, compact_every=32, log_every_rounds=50, eval_every_rounds=40)
-  c.study.update(criteria=('fisher',), budgets=(120_000,), copycat_budget=120_000, seeds=(0,),
+  c.study.update(criteria=('fisher',), budgets=(90_000,), copycat_budget=90_000, seeds=(0,),
                  depths=(10,), latency_batch_sizes=(1, 8), latency_repeats=2,
                  bootstrap_samples=500)
   return c
@@ -117,10 +117,10 @@ def test_depth_family_meets_a_pruned_network_of_its_own_size(tiny):
   (depth,) = _rows(out, 'reduced', 'wrn_depth')
   assert depth['params'] == depth['budget'] == WRN_10_1
   pruned = {r['budget']: r for r in _rows(out, 'pruned')}
-  assert set(pruned) == {120_000, WRN_10_1}
+  assert set(pruned) == {90_000, WRN_10_1}
   assert WRN_10_1 - 1200 < pruned[WRN_10_1]['params'] <= WRN_10_1  # within one channel below
   rq1 = [c for c in out['comparisons'] if c['rq'] == 'RQ1']
-  assert {c['budget'] for c in rq1} == {120_000, WRN_10_1}
+  assert {c['budget'] for c in rq1} == {90_000, WRN_10_1}
   assert {c['rq'] for c in out['comparisons'] if c['budget'] == WRN_10_1} == {
       'RQ1', 'RQ3', 'RQ5'}
 
@@ -130,22 +130,24 @@ def test_copycat_at_the_profile_budget_reuses_the_scratch_run(tiny):
   (scratch,) = _rows(out, 'scratch')
   (copycat,) = _rows(out, 'copycat')
   assert copycat['spec'] == scratch['spec'] and copycat['runs'] == scratch['runs']
-  assert copycat['same_run_as'] == 'scratch fisher budget120000'
+  assert copycat['same_run_as'] == 'scratch fisher budget90000'
   assert not (workdir / 'arms' / 'copycat').exists()  # never trained twice
-  assert 'same runs as scratch fisher budget120000' in open(workdir / 'report.md').read()
+  assert 'same runs as scratch fisher budget90000' in open(workdir / 'report.md').read()
 
 
 def test_scratch_b_trains_the_stretched_schedule(tiny):
-  c, _, out = tiny
+  _, _, out = tiny
   (sb,) = _rows(out, 'scratch_b')
-  (pruned,) = [r for r in _rows(out, 'pruned') if r['budget'] == 120_000]
+  (pruned,) = [r for r in _rows(out, 'pruned') if r['budget'] == 90_000]
   base = _rows(out, 'base')[0]
-  assert sb['schedule'] == pytest.approx(min(base['macs'] / pruned['macs'], 2.0))
+  factor = min(base['macs'] / pruned['macs'], 2.0)
   cfg = json.load(open(os.path.join(sb['runs'][0], 'config.json')))
-  assert cfg['train']['epochs'] == round(2 * sb['schedule'])
-  assert cfg['train']['milestones'] == pytest.approx([cfg['train']['epochs'] / 2])
+  # Whole epochs: 2 x factor rounded; the milestone (epoch 1) moves with them.
+  assert cfg['train']['epochs'] == round(2 * factor) == 3
+  assert sb['schedule'] == 1.5 and cfg['train']['milestones'] == pytest.approx([1.5])
+  assert sb['same_run_as'] is None and sb['runs'] != _rows(out, 'scratch')[0]['runs']
   rq2 = [c['a'] for c in out['comparisons'] if c['rq'] == 'RQ2']
-  assert len(rq2) == 2 and 'Scratch-E' in rq2[0] and 'Scratch-B' in rq2[1]
+  assert len(rq2) == 2 and 'Scratch-E' in rq2[0] and 'Scratch-B, x1.50' in rq2[1]
 
 
 def test_each_budget_is_charged_its_own_prune_cost(tiny):
@@ -198,7 +200,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
       f'study plan (digits, wrn):\n{out["text"]}']
   whats = [r['what'] for r in out['plan']]
   assert whats[:2] == ['base network', 'prune-and-tune (fisher), about 128 rounds']
-  assert 'copycat 120,000' not in whats  # the copycat at the profile's budget is the scratch run
+  assert 'copycat 90,000' not in whats  # the copycat at the profile's budget is the scratch run
 
 
 def test_cifar_study_dry_run_needs_no_data(tmp_path):
