@@ -225,3 +225,13 @@ def test_a_primitive_without_lowering_is_an_error_naming_it():
     jaxpr_onnx.convert(lambda v: jnp.sin(v) + 1, [x])
   with pytest.raises(ValueError, match='opset 9 is not supported'):
     jaxpr_onnx.convert(lambda v: v + 1, [x], opset=9)
+
+
+def test_onnx_routes_script_runs_the_chosen_route(tmp_path):
+  out = tmp_path / 'routes.json'
+  r = subprocess.run([sys.executable, 'scripts/onnx_routes.py', '--specs=wrn-10-1', '--size=8',
+                      f'--out={out}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = [row for row in json.loads(out.read_text()) if row['route'] == 'jaxpr_onnx']
+  assert [row['spec'] for row in rows] == ['wrn-10-1', 'wrn-10-1-z0']
+  assert all(row['ok'] and row['max_rel_err'] < 1e-4 and row['bytes'] > 0 for row in rows)
