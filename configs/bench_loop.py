@@ -7,7 +7,7 @@ Default: WRN-40-2, batch 128, bfloat16, the paper's logging, evaluation and chec
 (configs/wrn_40_2_cifar10.py) for 2 epochs of 50,000 random images (780 steps, one checkpoint
 inside the timed window), then the paper's runs (the `projection` section: the WRN-40-2 study
 config) projected from the measured rates. ':cpu' is a small version for a 2-core CPU
-(WRN-16-1, batch 64, 400 steps, about two minutes), with no projection.
+(WRN-16-1, batch 32, 400 steps, a few minutes), with no projection.
 """
 import ml_collections
 
@@ -30,7 +30,7 @@ def get_config(arg=None):
   c.projection = study_wrn_40_2_cifar10.get_config()
   if arg == 'cpu':
     c.model.update(depth=16, widen=1.0, dtype='float32')
-    c.data.synthetic.update(train_size=12_800, test_size=1_000)  # 200 steps per epoch
-    c.train.update(batch_size=64, eval_batch_size=500)
+    c.data.synthetic.update(train_size=6_400, test_size=1_000)  # 200 steps per epoch
+    c.train.update(batch_size=32, eval_batch_size=500)
     c.loop.update(bare_steps=50, project=False)
   return c

@@ -270,7 +270,7 @@ def _ms(v):
 
 def summary(records: list[dict]) -> str:
   """The printed result: step times side by side, the targets, the loop and projections."""
-  steps = [r for r in records if r.get('kind') == 'step']
+  steps = [r for r in records if r.get('kind') == 'step' and r.get('framework') == 'jaxbud']
   torch = [r for r in records if r.get('framework') == 'torch']
   lines = ['== step times, ms per step (pipelined: N calls, one sync | synced: each call) ==',
            f'{"network":<26} {"batch":>5} {"op":<6} {"dtype":<8} {"variant":<11} '
@@ -372,10 +372,9 @@ def drive(args) -> int:
       continue
     open(os.path.join(args.work, f'{name}.jsonl'), 'w').close()
     log_file = os.path.join(args.work, f'{name}.log')
-    print(f'[gpu_bench] {name}: started ({min(timeouts[name], left):.0f} s at most)',
-          flush=True)
-    status, secs = run_stage(name, min(timeouts[name] * args.timeout_scale, left), args,
-                             log_file)
+    timeout = min(timeouts[name] * args.timeout_scale, left)
+    print(f'[gpu_bench] {name}: started ({timeout:.0f} s at most)', flush=True)
+    status, secs = run_stage(name, timeout, args, log_file)
     got = read_records(args.work, name)
     failed += status != 'ok'
     records += got + [{'stage': name, 'kind': 'stage', 'status': status, 'seconds': secs,
