@@ -98,12 +98,14 @@ def measure(config, workdir: str, bare_steps_n: int = 100, repeats: int = 3,
   """The bare steps, one evaluation and the training loop of `config` (see the module doc).
 
   `workdir` must not hold anything yet: a run found there would be resumed, not timed.
+  `log`: a function of one string for the results as they come, or None.
   """
   if os.path.isdir(workdir) and os.listdir(workdir):
     raise UsageError(f'loop benchmark workdir {workdir} is not empty; give a new folder')
   if bare_steps_n < 1 or repeats < 1:
     raise UsageError(f'loop.bare_steps and loop.repeats must be >= 1, got {bare_steps_n} '
                      f'and {repeats}')
+  log = log or (lambda _: None)
   run = train_lib.setup(config)
   tcfg = config.train
   result = {

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,7 +166,6 @@ def stage_profile_wrn_bf16(s, stage):
   """Where the bf16 train step's time goes: device time per kernel from a profiler trace."""
   import collections  # pylint: disable=import-outside-toplevel
   import glob  # pylint: disable=import-outside-toplevel
-  import shutil  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from jaxbud import bench  # pylint: disable=import-outside-toplevel
   spec, batch = s.nets['wrn']
@@ -181,12 +181,16 @@ def stage_profile_wrn_bf16(s, stage):
   (path,) = glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True)[:1]
   shutil.copy(path, os.path.join(s.work, 'profile_wrn_bf16.xplane.pb'))
   data = jax.profiler.ProfileData.from_file(path)
-  secs, count = collections.Counter(), collections.Counter()
+  secs, count, names = collections.Counter(), collections.Counter(), set()
   device_planes = [p for p in data.planes if p.name.startswith('/device:')]
   for plane in device_planes or data.planes:
-    for line in plane.lines:
-      if not device_planes and not line.name.startswith('tf_XLA'):  # CPU: XLA's threads
-        continue
+    lines = list(plane.lines)
+    # GPU: the kernels of each CUDA stream (other lines, if any, summarise them); CPU: the
+    # events of XLA's threads.
+    lines = ([l for l in lines if l.name.startswith('Stream')] or lines if device_planes
+             else [l for l in lines if l.name.startswith('tf_XLA')])
+    for line in lines:
+      names.add(f'{plane.name}: {line.name}')
       for ev in line.events:
         secs[ev.name[:90]] += ev.duration_ns / 1e9 / steps
         count[ev.name[:90]] += 1
@@ -194,7 +198,7 @@ def stage_profile_wrn_bf16(s, stage):
   s.emit(stage, [{'kind': 'profile', 'spec': spec, 'batch_size': batch, 'dtype': 'bfloat16',
                   'op': name, 'ms_per_step': t * 1e3, 'share': t / total if total else None,
                   'calls_per_step': count[name] / steps,
-                  'planes': 'device' if device_planes else 'host XLA threads'}
+                  'lines': sorted(names)[:20]}
                  for name, t in secs.most_common(25)])
 
 
@@ -294,6 +298,12 @@ def summary(records: list[dict]) -> str:
   for r in records:
     if r.get('kind') == 'projection':
       lines.append(f'projected {r["what"]}: {r["seconds"] / 60:.1f} min ({r["how"]})')
+  profile = [r for r in records if r.get('kind') == 'profile'][:12]
+  if profile:
+    r = profile[0]
+    lines += ['', f'== where the time goes: {r["spec"]} b{r["batch_size"]} {r["dtype"]} train '
+                  'step, ms per step (profiler trace) ==']
+    lines += [f'{r["ms_per_step"]:8.3f} {r["share"]:6.1%}  {r["op"]}' for r in profile]
   lines += stage_lines(records)
   return '\n'.join(lines)
 
@@ -376,6 +386,9 @@ def drive(args) -> int:
     print(f'[gpu_bench] {name}: started ({timeout:.0f} s at most)', flush=True)
     status, secs = run_stage(name, timeout, args, log_file)
     got = read_records(args.work, name)
+    trace = os.path.join(args.work, f'{name}.xplane.pb')
+    if os.path.exists(trace) and os.path.getsize(trace) < 16 << 20:  # what $OUT can return
+      shutil.copy(trace, args.out)
     failed += status != 'ok'
     records += got + [{'stage': name, 'kind': 'stage', 'status': status, 'seconds': secs,
                        'records': len(got)}]

@@ -105,8 +105,8 @@ def test_driver_keeps_records_of_failed_and_timed_out_stages(tmp_path, monkeypat
 def test_a_real_stage_at_small_sizes(tmp_path):
   r = subprocess.run([sys.executable, os.path.join(SCRIPTS, 'gpu_bench.py'), '--small',
                       '--out', str(tmp_path / 'out'), '--work', str(tmp_path / 'work'),
-                      '--stages', 'jax_large_batch'], capture_output=True, text=True,
-                     timeout=600, cwd=ROOT)
+                      '--stages', 'jax_large_batch', '--timeout_scale', '6'],
+                     capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
   records = json.loads((tmp_path / 'out' / 'gpu_bench.json').read_text())
   rows = [x for x in records if x['kind'] == 'step']
