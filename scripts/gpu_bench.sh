@@ -50,14 +50,19 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 missing="$("$PYTHON" - << 'EOF_PY'
 import importlib
-need = ('jax', 'flax', 'optax', 'orbax.checkpoint', 'etils', 'absl', 'numpy', 'ml_collections',
-        'tensorboardX')
+import sys
+need = ('jax', 'flax', 'optax', 'orbax.checkpoint', 'etils', 'absl', 'numpy', 'ml_collections')
+wanted = ('tensorboardX', 'torch')  # the loop stage needs the first, the peer's stages the second
 missing = []
-for name in need:
+for name in need + wanted:
   try:
     importlib.import_module(name)
   except Exception as e:  # pylint: disable=broad-except
-    missing.append(f'{name} ({type(e).__name__}: {str(e)[:80]})')
+    why = f'{name} ({type(e).__name__}: {str(e)[:80]})'
+    if name in need:
+      missing.append(why)
+    else:
+      print(f'warning: {why}; the stages that need it will fail', file=sys.stderr)
 print('; '.join(missing))
 EOF_PY
 )"
