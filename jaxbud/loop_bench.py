@@ -182,7 +182,8 @@ def study_runs(config, num_classes: int = 10) -> dict:
 def project(m: dict, config, train_images: int = 50_000) -> list[dict]:
   """Projected wall time of the runs a study `config` describes, from `measure`'s result `m`.
 
-  Every network is timed at the measured network's rates: for a study of that network this is
+  `train_images`: the training set of the projected runs (CIFAR's 50,000), whatever the
+  measured run trained on. Every network is timed at the measured network's rates: for a study of that network this is
   an upper bound, since every other network in it is smaller. Prune runs are counted at their
   full `prune.rounds` (a run that stops at its last budget ends sooner).
   """

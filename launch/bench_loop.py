@@ -18,8 +18,7 @@ def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   result = loop_bench.measure(config, workdir, config.loop.bare_steps, config.loop.repeats)
   if config.loop.project:
-    result['projections'] = loop_bench.project(result, config.projection,
-                                               result['train_images'])
+    result['projections'] = loop_bench.project(result, config.projection)
     for p in result['projections']:
       print(f'projected {p["what"]}: {metrics_lib.format_seconds(p["seconds"])} ({p["how"]})')
   path = os.path.join(workdir, 'loop_bench.json')

@@ -157,7 +157,7 @@ def stage_loop_wrn_bf16(s, stage):
   workdir = os.path.join(s.work, stage)
   result = loop_bench.measure(c, workdir, c.loop.bare_steps, c.loop.repeats, log=print)
   s.emit(stage, [{'kind': 'loop', 'framework': 'jaxbud', **result}])
-  projections = loop_bench.project(result, c.projection, result['train_images'])
+  projections = loop_bench.project(result, c.projection)  # CIFAR-10's 50,000 images
   s.emit(stage, [{'kind': 'projection', 'framework': 'jaxbud', 'measured_spec': result['spec'],
                   'dtype': result['dtype'], **p} for p in projections])
 
