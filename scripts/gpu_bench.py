@@ -35,6 +35,8 @@ NETS = {'wrn': ('wrn-40-2', 128), 'densenet': ('densenet_bc-100-12', 64)}
 SMALL_NETS = {'wrn': ('wrn-10-1', 8), 'densenet': ('densenet_bc-10-4', 8)}
 LARGE_BATCH, SMALL_LARGE_BATCH = 1024, 32
 TORCH_MODES = ('bf16_cl', 'compile_bf16_cl', 'eager_f32')  # the target's peer first
+TORCH_LABELS = {'bf16_cl': 'torch bf16 cl', 'compile_bf16_cl': 'torch compile',
+                'eager_f32': 'torch eager'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,18 +279,24 @@ def summary(records: list[dict]) -> str:
   steps = [r for r in records if r.get('kind') == 'step' and r.get('framework') == 'jaxbud']
   torch = [r for r in records if r.get('framework') == 'torch']
   lines = ['== step times, ms per step (pipelined: N calls, one sync | synced: each call) ==',
-           f'{"network":<26} {"batch":>5} {"op":<6} {"dtype":<8} {"variant":<11} '
+           f'{"network":<24} {"batch":>5} {"op":<6} {"dtype":<8} {"who":<13} '
            f'{"pipelined":>9} {"synced":>9} {"compile_s":>9} {"img/s":>9}']
   for r in steps:
-    lines.append(f'{r["spec"][:26]:<26} {r["batch_size"]:>5} {r["mode"]:<6} {r["dtype"]:<8} '
-                 f'{r.get("variant", "jaxbud"):<11} {_ms(r.get("pipelined_s"))} '
+    lines.append(f'{r["spec"][:24]:<24} {r["batch_size"]:>5} {r["mode"]:<6} {r["dtype"]:<8} '
+                 f'{r.get("variant", "jaxbud"):<13} {_ms(r.get("pipelined_s"))} '
                  f'{_ms(r["median_s"])} {r["compile_s"]:>9.1f} '
                  f'{r.get("pipelined_images_per_s") or r["images_per_s"]:>9.0f}')
   for r in torch:
-    lines.append(f'{r["spec"][:26]:<26} {r["batch_size"]:>5} {r["op"]:<6} {r["dtype"]:<8} '
-                 f'{"torch " + r["mode"][:5]:<11} {_ms(r["pipelined_s"])} {_ms(r["synced_s"])} '
-                 f'{r["first_call_s"]:>9.1f} {r["images_per_s"]:>9.0f}  ({r["mode"]})')
-  lines += ['', '== targets =='] + targets(steps, torch, records)
+    lines.append(f'{r["spec"][:24]:<24} {r["batch_size"]:>5} {r["op"]:<6} {r["dtype"]:<8} '
+                 f'{TORCH_LABELS.get(r["mode"], r["mode"]):<13} {_ms(r["pipelined_s"])} '
+                 f'{_ms(r["synced_s"])} {r["first_call_s"]:>9.1f} {r["images_per_s"]:>9.0f}')
+  profile = [r for r in records if r.get('kind') == 'profile'][:12]
+  if profile:
+    r = profile[0]
+    lines += ['', f'== where the time goes: {r["spec"]} b{r["batch_size"]} {r["dtype"]} train '
+                  'step, ms per step (profiler trace) ==']
+    lines += [f'{r["ms_per_step"]:8.3f} {r["share"]:6.1%}  {r["op"]}' for r in profile]
+  lines += stage_lines(records) + ['', '== loop, projections, targets ==']
   loops = [r for r in records if r.get('kind') == 'loop']
   for r in loops:
     lines.append(f'loop ({r["dtype"]}, batch {r["batch_size"]}): {r["loop_steps_per_s"]:.2f} '
@@ -298,13 +306,7 @@ def summary(records: list[dict]) -> str:
   for r in records:
     if r.get('kind') == 'projection':
       lines.append(f'projected {r["what"]}: {r["seconds"] / 60:.1f} min ({r["how"]})')
-  profile = [r for r in records if r.get('kind') == 'profile'][:12]
-  if profile:
-    r = profile[0]
-    lines += ['', f'== where the time goes: {r["spec"]} b{r["batch_size"]} {r["dtype"]} train '
-                  'step, ms per step (profiler trace) ==']
-    lines += [f'{r["ms_per_step"]:8.3f} {r["share"]:6.1%}  {r["op"]}' for r in profile]
-  lines += stage_lines(records)
+  lines += targets(steps, torch, records)  # last: the end of the output is what comes back
   return '\n'.join(lines)
 
 
