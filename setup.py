@@ -11,7 +11,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['jaxbud', 'jaxbud.*']),
     python_requires='>=3.11',
     install_requires=[
-        'jax>=0.10,<0.11',
+        'jax>=0.10,<0.12',  # 0.10.2 (Python 3.11) and 0.11.2 (Python 3.12) tested
         'flax>=0.12,<0.13',
         'optax>=0.2.5,<0.3',
         'orbax-checkpoint>=0.11,<0.13',

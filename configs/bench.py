@@ -23,6 +23,7 @@ def bench_section(**overrides):
       repeats=6,                    # timed calls per case (round-robin, order rotated)
       warmup=1,                     # untimed calls after compilation
       primed=True,                  # an untimed call of the same mode before each timed one
+      pipelined_steps=0,            # >0: also time this many calls back to back, one sync
       image_size=0,                 # 0: 32 for CIFAR families, 224 for resnet
       num_classes=0,                # 0: 10 for CIFAR families, 1000 for resnet
       measure_peak=True,            # time a peak_n^2 float matmul as the FLOP/s reference

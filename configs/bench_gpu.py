@@ -1,6 +1,8 @@
 r"""Training and inference timings for one GPU: WRN-40-2 and DenseNet-BC-100, float32 and bfloat16.
 
-  bash scripts/gpu_bench.sh                      # installs what is missing, runs, merges the JSON
+A plain launch.bench sweep; the offline GPU benchmark with the PyTorch peer and the training
+loop is scripts/gpu_bench.sh (docs/gpu.md).
+
   python -m launch.bench --config=configs/bench_gpu.py --config.bench.batch_sizes='(128,)'
   python -m launch.bench --config=configs/bench_gpu.py:smoke   # tiny, for a CPU dry run
 

@@ -19,12 +19,17 @@ def get_config(arg=None):
       dtype='float32',     # compute dtype: float32 | bfloat16
   ))
   c.data = ml_collections.ConfigDict(dict(
-      name='digits',       # digits | cifar10 | cifar100 | imagenet2012
+      name='digits',       # digits | cifar10 | cifar100 | imagenet2012 | synthetic
       data_dir='',         # tfds data_dir ('' = tfds default, ~/tensorflow_datasets)
       manual_dir='',       # where original archives are ('' = <data_dir>/downloads/manual)
       crop_pad=1,          # pad-and-random-crop padding (CIFAR: 4)
       flip=False,          # random horizontal flips (not for digits)
       image_size=224,      # ImageNet only
+      # name='synthetic': random uint8 images for benchmarks and smoke tests (no download);
+      # CIFAR-10's shape and sizes unless changed here.
+      synthetic=ml_collections.ConfigDict(dict(
+          train_size=50_000, test_size=10_000, image_size=32, channels=3, num_classes=10,
+          seed=0)),
   ))
   c.train = ml_collections.ConfigDict(dict(
       epochs=15,

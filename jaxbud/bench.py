@@ -221,6 +221,32 @@ class _Case:
       self.args = (out[0],) + self.args[1:]
     return dt
 
+  def pipelined(self, steps: int) -> float:
+    secs, self.args = pipelined_seconds(self.compiled, self.args, steps, self.stateful)
+    return secs
+
+
+def pipelined_seconds(fn, args: tuple, steps: int, stateful: bool) -> tuple[float, tuple]:
+  """(seconds per call, the arguments for the next call) of `steps` calls of `fn(*args)` issued
+  back to back and synced once at the end.
+
+  As a training loop runs: each call is dispatched while the device still works on the
+  previous ones, so host dispatch overlaps device work (a synced call also counts the
+  host-device round trip every time). `stateful`: the first argument is a state that `fn`
+  returns updated as out[0] (and may donate); it is carried from call to call.
+  """
+  outs = []
+  t = time.perf_counter()
+  for _ in range(steps):
+    out = fn(*args)
+    if stateful:
+      args = (out[0],) + tuple(args[1:])
+      outs = [out]  # each state depends on the one before: the last finishes last
+    else:
+      outs.append(out)  # independent calls: wait for every one
+  jax.block_until_ready(outs)
+  return (time.perf_counter() - t) / steps, args
+
 
 def infer_case(model, variables, mean, std, images, options=None) -> _Case:
   """The AOT-compiled eval-mode forward pass (normalisation included) on uint8 `images`."""
@@ -326,6 +352,32 @@ def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None
   return cases, devices_used
 
 
+# --- pipelined timing: N calls back to back, one sync (bench_spec's pipelined_steps) ---
+
+def _time_pipelined(cases, steps: int, repeats: int) -> dict:
+  """{mode: median seconds per call} over `repeats` pipelined runs per case ({} if steps is 0).
+
+  The cases take turns run by run (the order rotating), like the synced timing.
+  """
+  if steps <= 0:
+    return {}
+  times = {c.mode: [] for c in cases}
+  for r in range(max(1, repeats)):
+    for c in cases[r % len(cases):] + cases[:r % len(cases)]:
+      times[c.mode].append(c.pipelined(steps))
+  return {m: statistics.median(t) for m, t in times.items()}
+
+
+def _pipelined_fields(pipe: dict, mode: str, batch_size: int, steps: int, repeats: int) -> dict:
+  """A row's pipelined columns (None when pipelined timing was off)."""
+  sec = pipe.get(mode)
+  return {'pipelined_s': sec, 'pipelined_steps': steps if sec else None,
+          'pipelined_repeats': repeats if sec else None,
+          'pipelined_images_per_s': batch_size / sec if sec else None,
+          'pipelined_vs_train': (sec / pipe['train'] if sec and mode == 'fisher'
+                                 and 'train' in pipe else None)}
+
+
 def check_settings(modes, batch_sizes, dtypes, repeats, warmup, image_size, num_classes):
   for m in modes:
     if m not in MODES:
@@ -349,8 +401,13 @@ def check_settings(modes, batch_sizes, dtypes, repeats, warmup, image_size, num_
 def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',),
                modes=MODES, repeats: int = 5, warmup: int = 1, image_size: int = 0,
                num_classes: int = 0, peaks: dict | None = None, xla_options: str = '',
-               primed: bool = True, log=print) -> list[dict]:
-  """Rows (one per mode, batch size and dtype) for one spec; see the module docstring."""
+               primed: bool = True, pipelined_steps: int = 0, pipelined_repeats: int = 3,
+               log=print) -> list[dict]:
+  """Rows (one per mode, batch size and dtype) for one spec; see the module docstring.
+
+  With `pipelined_steps` > 0 each row also has `pipelined_s`: the median over
+  `pipelined_repeats` runs of that many back-to-back calls with one sync (`_Case.pipelined`).
+  """
   spec = named.spec
   options = resolve_xla_options(xla_options) or None
   image_size = image_size or default_image_size(spec)
@@ -363,6 +420,7 @@ def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',
     for b in batch_sizes:
       cases, devices_used = _cases(spec, modes, b, dtype, image_size, num_classes, options)
       time_round_robin(cases, repeats, warmup, primed)
+      pipe = _time_pipelined(cases, pipelined_steps, pipelined_repeats)
       medians = {c.mode: statistics.median(c.times) for c in cases}
       for c in cases:
         med = medians[c.mode]
@@ -383,6 +441,7 @@ def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',
             'peak_gflops': peak['gflops'] if peak else None,
             'peak_fraction': flops / med / 1e9 / peak['gflops'] if flops and peak else None,
             'repeats': repeats, 'warmup': warmup, 'primed': primed,
+            **_pipelined_fields(pipe, c.mode, b, pipelined_steps, pipelined_repeats),
             'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count(),
             'devices_used': devices_used, 'backend': jax.default_backend(),
             'jax_version': jax.__version__,
@@ -406,6 +465,8 @@ def run(bcfg, log=print) -> list[dict]:
   if not specs:
     raise UsageError(f'bench.specs is empty; give one or more of: {SPEC_FORMS}')
   named = [parse_spec(s) for s in specs]  # every entry checked before anything runs
+  if bcfg.get('pipelined_steps', 0) < 0:
+    raise ValueError(f'bench.pipelined_steps must be >= 0 (0: off), got {bcfg.pipelined_steps}')
   xla_options = bcfg.get('xla_options', '')
   resolve_xla_options(xla_options)
   peaks = {d: peak_matmul(bcfg.get('peak_n', 2048), d, xla_options=xla_options)
@@ -419,7 +480,8 @@ def run(bcfg, log=print) -> list[dict]:
     rows += bench_spec(ns, batch_sizes=batch_sizes, dtypes=dtypes, modes=modes,
                        repeats=bcfg.repeats, warmup=bcfg.warmup, image_size=bcfg.image_size,
                        num_classes=bcfg.num_classes, peaks=peaks, xla_options=xla_options,
-                       primed=bcfg.get('primed', True), log=log)
+                       primed=bcfg.get('primed', True),
+                       pipelined_steps=bcfg.get('pipelined_steps', 0), log=log)
   return rows
 
 

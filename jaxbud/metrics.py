@@ -22,13 +22,18 @@ class Writer:
         kept = [l for l in f if l.strip() and json.loads(l)['step'] <= resume_step]
       with open(self.path, 'w') as f:
         f.writelines(kept)
-    if self.enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._tb_dir = os.path.join(workdir, 'tensorboard')
 
   def write(self, step: int, scalars: dict):
     if not self.enabled:
       return
+    if self._tb is None:
+      # Made at the first write, not before: tensorboardX starts its writer thread only then.
+      # A run that stops before writing anything (a diverged first window) would otherwise
+      # leave that start to tensorboardX's exit handler, which Python 3.12 refuses at
+      # interpreter shutdown ("can't create new thread").
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(self._tb_dir)
     scalars = {k: float(v) for k, v in scalars.items()}
     with open(self.path, 'a') as f:
       f.write(json.dumps({'step': int(step), **scalars}) + '\n')

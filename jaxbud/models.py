@@ -10,7 +10,9 @@ them mask channels without changing shapes.
 A conv whose input has zero channels (its producer was pruned away) outputs zeros and has no
 parameters, which is exactly what the masked full-width network computes.
 """
+import contextlib
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -20,6 +22,24 @@ from jaxbud import spec as spec_lib
 
 # N(0, sqrt(2 / (kh * kw * out_channels))): He initialisation with fan-out, untruncated.
 he_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# With PLAIN_XLA the CPU-tuned pieces give way to plain code: flax.linen.BatchNorm instead of
+# `BatchNorm` (autodiff instead of the hand-written backward) and a plain jnp.sum instead of
+# `channel_sum`'s reshaped reduction, so a benchmark can check what they cost or save on another
+# backend. The same variables and (up to float rounding) the same numbers. Read while a model is
+# traced: set it (`plain_xla`, or JAXBUD_PLAIN_XLA=1 in the environment) before jitting.
+PLAIN_XLA = os.environ.get('JAXBUD_PLAIN_XLA') == '1'
+
+
+@contextlib.contextmanager
+def plain_xla(enabled: bool = True):
+  """Within the block, models traced use plain XLA code (see PLAIN_XLA) if `enabled`."""
+  global PLAIN_XLA
+  before, PLAIN_XLA = PLAIN_XLA, enabled
+  try:
+    yield
+  finally:
+    PLAIN_XLA = before
 
 
 class ConvBNModule(nn.Module):
@@ -40,8 +60,9 @@ class ConvBNModule(nn.Module):
     if x.shape[-1] == 0:
       return x
     # PyTorch momentum 0.1 is Flax momentum 0.9.
-    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype, name=name)(x)
+    return (nn.BatchNorm if PLAIN_XLA else BatchNorm)(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+        name=name)(x)
 
 
 def channel_sum(x, per_example: bool = False):
@@ -54,6 +75,9 @@ def channel_sum(x, per_example: bool = False):
   is more accurate (k partial sums). Other backends reduce the array as it is, since there the
   reshape would change the tiled layout.
   """
+  if PLAIN_XLA:
+    axes = tuple(range(1 if per_example else 0, x.ndim - 1))
+    return jnp.sum(x.astype(jnp.float32), axis=axes)
   n, c = (x.shape[0] if per_example else 1), x.shape[-1]
   rows = x.size // max(c * n, 1)
   k = max(1, 256 // max(c, 1)) if jax.default_backend() == 'cpu' else 1

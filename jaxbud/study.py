@@ -189,7 +189,8 @@ def plan(config, step_seconds: float | None = None) -> list[dict]:
   time of one training step of the base network; other networks are scaled by their MACs.
   """
   scfg, tcfg, pcfg = config.study, config.train, config.prune
-  n_train, image_shape, nc = data_lib.describe(config.data.name, config.data.image_size)
+  n_train, image_shape, nc = data_lib.describe(config.data.name, config.data.image_size,
+                                                config.data.get('synthetic'))
   base = _base_spec(config, image_shape[-1])
   validate(config, base, nc)
   base_params = spec_lib.count_params(base, nc)
@@ -250,7 +251,8 @@ def format_plan(rows, step_seconds, device: str) -> str:
 
 def measure_step(config) -> float:
   """Median seconds of one training step of the base network on this device (synthetic data)."""
-  _, image_shape, nc = data_lib.describe(config.data.name, config.data.image_size)
+  _, image_shape, nc = data_lib.describe(config.data.name, config.data.image_size,
+                                         config.data.get('synthetic'))
   base = _base_spec(config, image_shape[-1])
   return bench.step_seconds(base, config.train.batch_size, config.model.dtype, image_shape[0],
                             nc)

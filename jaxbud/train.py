@@ -252,7 +252,8 @@ def setup(config, dataset: data_lib.Dataset | None = None) -> TrainSetup:
   if dataset is None:
     dcfg = config.data
     dataset = data_lib.load(dcfg.name, data_dir=dcfg.data_dir or None,
-                            manual_dir=dcfg.manual_dir or None, image_size=dcfg.image_size)
+                            manual_dir=dcfg.manual_dir or None, image_size=dcfg.image_size,
+                            synthetic_options=dcfg.get('synthetic'))
   spec = build_spec(config.model, dataset.image_shape[-1])
   steps_per_epoch = len(dataset.train_labels) // tcfg.batch_size
   if steps_per_epoch < 1:

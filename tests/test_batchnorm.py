@@ -114,3 +114,39 @@ def test_channel_sum_per_example(shape):
   got = models.channel_sum(jnp.asarray(x), per_example=True)
   assert got.shape == (shape[0], shape[-1]) and got.dtype == jnp.float32
   np.testing.assert_allclose(got, x.astype(np.float64).sum((1, 2)), rtol=1e-5, atol=1e-4)
+
+
+def test_plain_xla_switch_gives_the_same_network_with_flax_code():
+  """models.plain_xla: flax's BatchNorm and jnp.sum in place of the CPU-tuned pieces."""
+  from jaxbud import spec as spec_lib  # pylint: disable=import-outside-toplevel
+  model = models.build(spec_lib.wrn(10, 1))
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  v = models.init(model, jax.random.key(1), (8, 8, 3))
+  gates = {'block0/conv1': jnp.full((4, 16), 0.5)}
+
+  def loss(p, g):
+    y, upd = model.apply({'params': p, 'batch_stats': v['batch_stats']}, x, train=True,
+                         gates=g, mutable=['batch_stats'])
+    return jnp.sum(y ** 2), upd
+
+  def grads():
+    return jax.grad(loss, argnums=(0, 1), has_aux=True)(v['params'], gates)
+
+  def jaxpr():  # a new function each time: jax caches traces per function
+    return str(jax.make_jaxpr(lambda p, g: loss(p, g))(v['params'], gates))
+
+  tuned_jaxpr = jaxpr()
+  tuned = grads()
+  assert not models.PLAIN_XLA
+  with models.plain_xla():
+    assert models.PLAIN_XLA
+    plain_jaxpr = jaxpr()
+    plain = grads()
+    np.testing.assert_allclose(models.channel_sum(x), jnp.sum(x, (0, 1, 2)), rtol=1e-5)
+    assert models.channel_sum(x, per_example=True).shape == (4, 3)
+  assert not models.PLAIN_XLA
+  # Custom backward passes: every BN and the gate, then the gate alone.
+  assert tuned_jaxpr.count('custom_vjp_call') > plain_jaxpr.count('custom_vjp_call') >= 1
+  assert jax.tree.structure(tuned) == jax.tree.structure(plain)
+  for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(plain)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)

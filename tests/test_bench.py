@@ -186,3 +186,31 @@ def test_call_order_rotates_and_primes(monkeypatch, primed):
   expected = [m for r in rounds for m in r for _ in range(2 if primed else 1)]
   assert calls == expected
   assert all(r['primed'] is primed and r['repeats'] == 3 for r in rows)
+
+
+def test_pipelined_timing_carries_the_state_and_syncs_once():
+  calls = []
+
+  def step(state, batch):
+    calls.append(state)
+    return state + batch, {'loss': state}
+
+  secs, args = bench.pipelined_seconds(step, (0, 2), 5, stateful=True)
+  assert secs > 0 and args == (10, 2) and calls == [0, 2, 4, 6, 8]
+  secs, args = bench.pipelined_seconds(lambda x: x * 2, (3,), 4, stateful=False)
+  assert secs > 0 and args == (3,)
+
+
+def test_rows_with_pipelined_timing():
+  rows = bench.bench_spec(bench.parse_spec('wrn-10-1'), batch_sizes=(2,), modes=('train',
+                          'fisher'), repeats=1, warmup=0, image_size=8, pipelined_steps=2,
+                          pipelined_repeats=1, log=None)
+  train, fisher = rows
+  for r in rows:
+    assert r['pipelined_s'] > 0 and r['pipelined_steps'] == 2
+    assert r['pipelined_images_per_s'] == pytest.approx(2 / r['pipelined_s'])
+  assert fisher['pipelined_vs_train'] == pytest.approx(fisher['pipelined_s'] / train['pipelined_s'])
+  assert train['pipelined_vs_train'] is None
+  off = bench.bench_spec(bench.parse_spec('wrn-10-1'), batch_sizes=(2,), modes=('infer',),
+                         repeats=1, warmup=0, image_size=8, log=None)
+  assert off[0]['pipelined_s'] is None and off[0]['pipelined_images_per_s'] is None

@@ -91,14 +91,72 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
   return Dataset('digits', tr_x, tr_y, te_x, te_y, 10, mean, std)
 
 
-NAMES = ('digits', 'cifar10', 'cifar100', 'imagenet2012')
+class SyntheticImages:
+  """Random uint8 NHWC images made on demand: image i is ``pool[i % len(pool)]``.
+
+  The pool (at most `POOL` images) is drawn once from `seed`, so any number of images costs the
+  memory of the pool, and indexing a batch is one numpy gather, as with an in-memory dataset:
+  a benchmark of the training loop sees the host cost of real arrays, not of an image generator.
+  Supports what the training loop uses: `shape`, `dtype`, `len()` and indexing by an integer,
+  a slice or an integer array.
+  """
+  POOL = 1024
+
+  def __init__(self, n: int, image_shape, seed: int):
+    self.shape = (n, *image_shape)
+    self.dtype = np.dtype(np.uint8)
+    rng = np.random.default_rng(seed)
+    self._pool = rng.integers(0, 256, (min(n, self.POOL), *image_shape), dtype=np.uint8)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, index):
+    idx = np.arange(self.shape[0])[index]  # numpy's own rules for ints, slices and arrays
+    return self._pool[idx % len(self._pool)]
+
+
+# What data.name='synthetic' makes unless the config's data.synthetic says otherwise: CIFAR-10's
+# shape and split sizes.
+SYNTHETIC_DEFAULTS = dict(train_size=50_000, test_size=10_000, image_size=32, channels=3,
+                          num_classes=10, seed=0)
+
+
+def synthetic(train_size: int = 50_000, test_size: int = 10_000, image_size: int = 32,
+              channels: int = 3, num_classes: int = 10, seed: int = 0) -> Dataset:
+  """Random uint8 images and uniform int32 labels, deterministic from `seed`, no download.
+
+  For benchmarks and smoke tests of the training loop on any machine (the flax examples and
+  big_vision have the same). Nothing can be learnt from it: test error stays at chance.
+  mean/std are those of uniform bytes (127.5 and about 73.9).
+  """
+  for field, value, low in (('train_size', train_size, 1), ('test_size', test_size, 1),
+                            ('image_size', image_size, 1), ('channels', channels, 1),
+                            ('num_classes', num_classes, 2)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise UsageError(f'data.synthetic.{field} must be an integer >= {low}, got {value!r}')
+  shape = (image_size, image_size, channels)
+  rng = np.random.default_rng([seed, 1])
+  train_labels = rng.integers(0, num_classes, train_size, dtype=np.int32)
+  test_labels = rng.integers(0, num_classes, test_size, dtype=np.int32)
+  std = float(np.sqrt((256 ** 2 - 1) / 12))  # of a uniform byte
+  return Dataset('synthetic', SyntheticImages(train_size, shape, seed),
+                 train_labels, SyntheticImages(test_size, shape, seed + 1), test_labels,
+                 num_classes, (127.5,) * channels, (std,) * channels)
+
+
+NAMES = ('digits', 'cifar10', 'cifar100', 'imagenet2012', 'synthetic')
 # (training images, image shape, classes) of each dataset, known without loading it.
 _SHAPES = {'digits': (1437, (8, 8, 1), 10), 'cifar10': (50_000, (32, 32, 3), 10),
            'cifar100': (50_000, (32, 32, 3), 100), 'imagenet2012': (1_281_167, None, 1000)}
 
 
-def describe(name: str, image_size: int = 224) -> tuple[int, tuple[int, int, int], int]:
+def describe(name: str, image_size: int = 224,
+             synthetic_options: dict | None = None) -> tuple[int, tuple[int, int, int], int]:
   """(training images, (H, W, C), classes) of dataset `name`, without loading it."""
+  if name == 'synthetic':
+    o = {**SYNTHETIC_DEFAULTS, **(synthetic_options or {})}
+    return o['train_size'], (o['image_size'], o['image_size'], o['channels']), o['num_classes']
   if name not in _SHAPES:
     raise UsageError(f'unknown dataset {name!r}; expected one of {list(NAMES)}')
   n, shape, classes = _SHAPES[name]
@@ -106,10 +164,21 @@ def describe(name: str, image_size: int = 224) -> tuple[int, tuple[int, int, int
 
 
 def load(name: str, data_dir: str | None = None, manual_dir: str | None = None,
-         image_size: int = 224) -> Dataset:
-  """Loads a dataset by name. CIFAR and ImageNet come through tfds (see jaxbud.data.tfds_data)."""
+         image_size: int = 224, synthetic_options=None) -> Dataset:
+  """Loads a dataset by name. CIFAR and ImageNet come through tfds (see jaxbud.data.tfds_data).
+
+  'synthetic' takes its sizes from `synthetic_options` (a mapping with keys of
+  `SYNTHETIC_DEFAULTS`, e.g. a config's data.synthetic section; missing keys keep the defaults).
+  """
   if name == 'digits':
     return digits()
+  if name == 'synthetic':
+    options = dict(synthetic_options or {})
+    unknown = sorted(set(options) - set(SYNTHETIC_DEFAULTS))
+    if unknown:
+      raise UsageError(f'unknown data.synthetic field(s) {unknown}; expected some of '
+                       f'{sorted(SYNTHETIC_DEFAULTS)}')
+    return synthetic(**{**SYNTHETIC_DEFAULTS, **options})
   if name in ('cifar10', 'cifar100'):
     from jaxbud.data import tfds_data  # pylint: disable=g-import-not-at-top
     return tfds_data.cifar(name, data_dir=data_dir, manual_dir=manual_dir)

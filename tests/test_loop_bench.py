@@ -1,0 +1,86 @@
+"""jaxbud.loop_bench: the training loop against its bare step, and the projected paper runs."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import bench_loop
+from configs import study_wrn_40_2_cifar10
+from jaxbud import loop_bench
+from jaxbud.errors import UsageError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config():
+  c = bench_loop.get_config('cpu')
+  c.model.depth = 10
+  c.data.synthetic.update(train_size=64, test_size=16, image_size=8)
+  c.train.update(batch_size=8, eval_batch_size=16, log_every_steps=4)  # 8 steps per epoch
+  return c
+
+
+def test_steady_rate_leaves_the_first_logged_step_out():
+  # Step d logged at cumulative rate d / t(d): t = 10 s (compile) + 0.1 s per step.
+  records = [{'step': d, 'steps_per_s': d / (10 + 0.1 * d), 'train_loss': 1.0}
+             for d in (10, 20, 30)] + [{'step': 30, 'test_error': 0.9}]
+  rate, first, last = loop_bench.steady_rate(records)
+  assert rate == pytest.approx(10.0) and (first, last) == (10, 30)
+  assert loop_bench.steady_rate(records[:1]) is None
+
+
+def test_study_runs_counted_from_the_config():
+  runs = loop_bench.study_runs(study_wrn_40_2_cifar10.get_config())
+  # depths 16..34 (4) + 6 widths + 6 bottlenecks reduced, + 6 scratch + 6 copycats: 28 points.
+  assert runs['reduced_points'] == 16 and runs['seeds'] == 3
+  assert runs['scratch_runs'] == 28 * 3 and runs['scratch_b_runs'] == 6 * 3
+  assert runs['prune_runs'] == 2 and runs['base_runs'] == 1
+  assert runs['train_epochs'] == 200 * (1 + 84) + 400 * 18
+
+
+def test_projection_arithmetic():
+  m = dict(loop_step_s=0.01, eval_s=2.0, train_compile_s=30.0, eval_compile_s=5.0,
+           fisher_compile_s=40.0, fisher_vs_train=1.05)
+  config = study_wrn_40_2_cifar10.get_config()
+  train, prune, study = loop_bench.project(m, config)
+  assert train['steps'] == 200 * 390
+  assert train['seconds'] == pytest.approx(200 * 390 * 0.01 + 20 * 2.0 + 35.0)
+  compilations = math.ceil(1300 / 64) + 6
+  assert prune['steps'] == 130_000
+  assert prune['seconds'] == pytest.approx(130_000 * 0.01 * 1.05 + 6 * 2.0 + compilations * 45)
+  runs = study['runs']
+  trainings = 1 + runs['scratch_runs'] + runs['scratch_b_runs']
+  assert study['seconds'] == pytest.approx(runs['train_epochs'] * 390 * 0.01
+                                           + trainings * (20 * 2.0 + 35.0) + 2 * prune['seconds'])
+
+
+def test_measure_end_to_end(tmp_path):
+  c = tiny_config()
+  r = loop_bench.measure(c, str(tmp_path / 'run'), bare_steps_n=2, repeats=1, log=None)
+  assert r['dataset'] == 'synthetic' and r['loop_steps'] == 16 and r['batch_size'] == 8
+  assert r['loop_window'] == [4, 16]
+  for key in ('train_step_s', 'fisher_step_s', 'eval_s', 'loop_step_s', 'train_compile_s'):
+    assert r[key] > 0, key
+  assert r['loop_overhead'] == pytest.approx(r['loop_step_s'] / r['train_step_s'] - 1)
+  assert os.path.exists(tmp_path / 'run' / 'final.json')
+  with pytest.raises(UsageError, match='is not empty; give a new folder'):
+    loop_bench.measure(c, str(tmp_path / 'run'), log=None)
+
+
+def test_launcher_writes_json_and_refuses_a_used_workdir(tmp_path):
+  cmd = [sys.executable, '-m', 'launch.bench_loop', '--config=configs/bench_loop.py:cpu',
+         f'--workdir={tmp_path / "run"}', '--config.model.depth=10',
+         '--config.data.synthetic.train_size=48', '--config.data.synthetic.test_size=8',
+         '--config.data.synthetic.image_size=8', '--config.train.batch_size=8',
+         '--config.train.eval_batch_size=8', '--config.train.log_every_steps=3',
+         '--config.loop.bare_steps=1', '--config.loop.repeats=1']
+  r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert 'loop overhead' in r.stdout
+  with open(tmp_path / 'run' / 'loop_bench.json') as f:
+    assert json.load(f)['loop_steps'] == 12
+  r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert r.returncode == 2 and r.stderr.strip().startswith('error: loop benchmark workdir')

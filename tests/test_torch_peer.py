@@ -1,0 +1,41 @@
+"""scripts/torch_peer.py: the PyTorch peer builds jaxbud's networks (needs torch; skipped without)."""
+import json
+import os
+import sys
+
+import pytest
+
+torch = pytest.importorskip('torch')
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'scripts'))
+import torch_peer  # pylint: disable=wrong-import-position
+
+from jaxbud import spec as spec_lib  # pylint: disable=wrong-import-position
+
+
+@pytest.mark.parametrize('spec', [spec_lib.wrn(40, 2), spec_lib.densenet_bc(100, 12),
+                                  spec_lib.wrn(16, 1).with_prunable((3, 16, 5, 32, 7, 64))])
+def test_parameter_counts_match_jaxbud(spec):
+  assert torch_peer.count_params(torch_peer.Net(spec)) == spec_lib.count_params(spec)
+
+
+def test_counts_of_the_paper_networks():
+  assert torch_peer.count_params(torch_peer.Net(torch_peer.parse_spec('wrn-40-2'))) == 2_243_546
+  assert torch_peer.count_params(
+      torch_peer.Net(torch_peer.parse_spec('densenet_bc-100-12'))) == 769_162
+
+
+def test_eager_modes_write_one_json_line_each(tmp_path, capsys):
+  out = tmp_path / 'peer.jsonl'
+  torch_peer.main(['--spec', 'wrn-10-1', '--batch', '2', '--size', '8', '--modes',
+                   'eager_f32,bf16_cl', '--repeats', '1', '--steps', '1', '--warmup', '0',
+                   '--out', str(out)])
+  rows = [json.loads(l) for l in out.read_text().splitlines()]
+  assert [(r['mode'], r['op']) for r in rows] == [
+      ('eager_f32', 'train'), ('eager_f32', 'infer'), ('bf16_cl', 'train'), ('bf16_cl', 'infer')]
+  assert all(r['params'] == 77_850 and r['pipelined_s'] > 0 and r['synced_s'] > 0 for r in rows)
+  assert rows[2]['dtype'] == 'bfloat16' and rows[2]['channels_last']
+  assert len(capsys.readouterr().out.splitlines()) == 4
+  with pytest.raises(SystemExit, match="unknown mode 'fp8'"):
+    torch_peer.main(['--modes', 'fp8'])
