@@ -198,32 +198,33 @@ def plan(config, step_seconds: float | None = None) -> list[dict]:
   spe = n_train // tcfg.batch_size
   steps = tcfg.epochs * spe
   seeds = len(scfg.seeds)
-  rows = [dict(what='base network', runs=1, steps=steps, macs=base_macs, batch=tcfg.batch_size)]
+  rows = [dict(what='base network', kind='train', runs=1, steps=steps, macs=base_macs,
+               batch=tcfg.batch_size)]
   budgets = sorted(set(scfg.budgets) | set(depth_budgets(config, base, nc)))
   per_channel = (base_params - prune_floor(base, nc)) / sum(base.prunable)
   rounds = pcfg.rounds
   if pcfg.stop_after_last_budget:
     rounds = min(rounds, math.ceil((base_params - min(budgets)) / per_channel))
+  mean_macs = (base_macs + min(budgets) / base_params * base_macs) / 2  # shrinking as it goes
   for crit in scfg.criteria:
-    rows.append(dict(what=f'prune-and-tune ({crit}), about {rounds} rounds', runs=1,
-                     steps=(rounds + 1) * pcfg.prune_every, macs=(base_macs + min(budgets) /
-                                                                   base_params * base_macs) / 2,
+    rows.append(dict(what=f'prune-and-tune ({crit}), about {rounds} rounds', kind='prune',
+                     runs=1, steps=(rounds + 1) * pcfg.prune_every, macs=mean_macs,
                      batch=pcfg.batch_size))
   widen = config.model.get('widen', 1.0)
   for fam in scfg.reduced:
     for p in reduced_points(fam, base, scfg.budgets, scfg.depths, nc, widen):
-      rows.append(dict(what=f'reduced {fam} {p.label}', runs=seeds, steps=steps,
+      rows.append(dict(what=f'reduced {fam} {p.label}', kind='train', runs=seeds, steps=steps,
                        macs=spec_lib.count_macs(p.spec, image_shape[0], nc),
                        batch=tcfg.batch_size))
   for b in scfg.budgets:
     est = b / base_params * base_macs
-    rows.append(dict(what=f'scratch {b:,}', runs=seeds, steps=steps, macs=est,
+    rows.append(dict(what=f'scratch {b:,}', kind='train', runs=seeds, steps=steps, macs=est,
                      batch=tcfg.batch_size))
     if scfg.scratch_b:
-      rows.append(dict(what=f'scratch_b {b:,} (at most 2x epochs)', runs=seeds,
+      rows.append(dict(what=f'scratch_b {b:,} (at most 2x epochs)', kind='train', runs=seeds,
                        steps=int(steps * SCRATCH_B_CAP), macs=est, batch=tcfg.batch_size))
     if b != scfg.copycat_budget:  # that one is the scratch run
-      rows.append(dict(what=f'copycat {b:,}', runs=seeds, steps=steps, macs=est,
+      rows.append(dict(what=f'copycat {b:,}', kind='train', runs=seeds, steps=steps, macs=est,
                        batch=tcfg.batch_size))
   for r in rows:
     r['seconds'] = (None if step_seconds is None else

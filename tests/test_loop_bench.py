@@ -32,15 +32,6 @@ def test_steady_rate_leaves_the_first_logged_step_out():
   assert loop_bench.steady_rate(records[:1]) is None
 
 
-def test_study_runs_counted_from_the_config():
-  runs = loop_bench.study_runs(study_wrn_40_2_cifar10.get_config())
-  # depths 16..34 (4) + 6 widths + 6 bottlenecks reduced, + 6 scratch + 6 copycats: 28 points.
-  assert runs['reduced_points'] == 16 and runs['seeds'] == 3
-  assert runs['scratch_runs'] == 28 * 3 and runs['scratch_b_runs'] == 6 * 3
-  assert runs['prune_runs'] == 2 and runs['base_runs'] == 1
-  assert runs['train_epochs'] == 200 * (1 + 84) + 400 * 18
-
-
 def test_projection_arithmetic():
   m = dict(loop_step_s=0.01, eval_s=2.0, train_compile_s=30.0, eval_compile_s=5.0,
            fisher_compile_s=40.0, fisher_vs_train=1.05)
@@ -48,13 +39,19 @@ def test_projection_arithmetic():
   train, prune, study = loop_bench.project(m, config)
   assert train['steps'] == 200 * 390
   assert train['seconds'] == pytest.approx(200 * 390 * 0.01 + 20 * 2.0 + 35.0)
-  compilations = math.ceil(1300 / 64) + 6
-  assert prune['steps'] == 130_000
-  assert prune['seconds'] == pytest.approx(130_000 * 0.01 * 1.05 + 6 * 2.0 + compilations * 45)
-  runs = study['runs']
-  trainings = 1 + runs['scratch_runs'] + runs['scratch_b_runs']
-  assert study['seconds'] == pytest.approx(runs['train_epochs'] * 390 * 0.01
-                                           + trainings * (20 * 2.0 + 35.0) + 2 * prune['seconds'])
+  # 1,300 removals and a final tuning period; an evaluation every 10 rounds and per snapshot.
+  compilations = math.ceil(1301 / 64) + 6
+  assert prune['steps'] == 130_100
+  assert prune['seconds'] == pytest.approx(
+      130_100 * 0.01 * 1.05 + (math.ceil(1301 / 10) + 6) * 2.0 + compilations * 45)
+  # The study's runs are its plan's: 1 base, 2 prune runs, 16 reduced points, 6 scratch,
+  # 6 Scratch-B and 5 copycats (the sixth is the scratch run), 3 seeds each.
+  plan = study['plan']
+  assert sum(r['runs'] for r in plan if r['kind'] == 'train') == 1 + (16 + 6 + 6 + 5) * 3
+  assert sum(r['runs'] for r in plan if r['kind'] == 'prune') == 2
+  fixed = 20 * 2.0 + 35.0
+  expected = sum(r['runs'] * (r['steps'] * 0.01 + fixed) for r in plan if r['kind'] == 'train')
+  assert study['seconds'] > expected > 99 * 200 * 390 * 0.01
 
 
 def test_measure_end_to_end(tmp_path):
