@@ -64,11 +64,17 @@ def fail(message: str, status: int = 2):
 
 def _parse(argv):
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except AttributeError as e:  # ml_collections: --config.<field> that the config lacks
     fail(f'the config has no field {str(e).strip(chr(34))} (check the --config.* flags)')
   except (flags.Error, KeyError, TypeError, ValueError) as e:
     fail(f'bad flag: {e}')
+  if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
+    try:  # ml_collections defers a failed load of the file to the first use of the config
+      flags.FLAGS.config.keys()
+    except OSError as e:
+      fail(f'could not load --config: {e}')
+  return rest
 
 
 def initialize_distributed():

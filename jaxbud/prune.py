@@ -162,3 +162,14 @@ def make_prune_step(model, tx, ds, *, crop_pad: int, flip: bool, fisher: bool = 
     return PruneState(state, ps.mask, saliency), metrics
 
   return prune_step
+
+
+def make_eval_step(model, ds):
+  """`train.make_eval_step` on a PruneState: the masked channels are gated to zero, so the
+  network is evaluated as the compacted one would be."""
+  eval_step = train_lib.make_eval_step(model, ds)
+
+  def masked_eval_step(ps: PruneState, batch):
+    return eval_step(ps.train, batch, ps.mask)
+
+  return masked_eval_step

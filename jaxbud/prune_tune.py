@@ -16,9 +16,10 @@ and reads its own data stream (seed derived from the run's seed, see `data_seed`
 not replay the base run's batches and crops.
 
 The network keeps fixed shapes between compactions: removed channels are masked by their gates
-(exactly zero, see jaxbud.prune), so the jitted step is reused. Once `compact_every` channels are
-masked, or a snapshot is due, the state is compacted (params, batch stats and momentum sliced)
-and the step is compiled once for the smaller shapes. The loop around the step (metrics, NaN
+(exactly zero, see jaxbud.prune), in training and in evaluation, so the jitted steps are reused.
+Once `compact_every` channels are masked the state is compacted (params, batch stats and
+momentum sliced) and the steps are compiled once for the smaller shapes. A snapshot is a
+compacted copy, evaluated and saved on its own; the run goes on with its masks. The loop around the step (metrics, NaN
 guard, checkpoints, SIGTERM) is jaxbud.loop's, the same as training's.
 
 Layout of a run's workdir:
@@ -201,14 +202,32 @@ class _Pruning:
     self.step = parallel.jit(prune.make_prune_step(
         model, self.p.tx, self.p.ds, crop_pad=crop_pad, flip=flip,
         fisher=self.p.criterion.needs_fisher), donate_argnums=0)
-    self.eval_step = parallel.jit(train_lib.make_eval_step(model, self.p.ds),
-                                  out_shardings=parallel.replicated(self.p.mesh))
+    self.eval_step = self.compile_eval(model)
+
+  def compile_eval(self, model):
+    return parallel.jit(prune.make_eval_step(model, self.p.ds),
+                        out_shardings=parallel.replicated(self.p.mesh))
+
+  def evaluate(self, eval_step, ps):
+    return train_lib.evaluate(eval_step, ps, input_pipeline.eval_batches(self.p.config,
+                                                                         self.p.ds),
+                              self.p.mesh)
 
   def _compact(self, ps):
     ps, self.spec, self.orig = _compact(ps, self.spec, self.orig)
     ps = parallel.replicate(self.p.mesh, ps)  # fresh masks are process-local arrays
     self.compile()
     return ps
+
+  def _snapshots(self, ps, due, done):
+    """Snapshots at the budgets `due`: the network compacted (a copy; the run goes on masked,
+    with no recompilation of its step), evaluated and saved."""
+    snap, spec, _ = _compact(ps, self.spec, self.orig)
+    snap = parallel.replicate(self.p.mesh, snap)
+    result, preds = self.evaluate(self.compile_eval(self.p.model(spec)), snap)
+    for b in due:
+      self.snapshots.append(self._snapshot(snap.train, spec, b, result, preds, done))
+      self.budgets.remove(b)
 
   def end_period(self, ps, done):
     pcfg = self.pcfg
@@ -219,20 +238,15 @@ class _Pruning:
     self.train_macs += train_lib.training_macs(macs, pcfg.prune_every * pcfg.batch_size)
     due = [b for b in self.budgets if params <= b]
     final = rnd == pcfg.rounds
-    if due and live != self.spec:
-      ps = self._compact(ps)
     if due or final or rnd % pcfg.eval_every_rounds == 0:
-      result, preds = train_lib.evaluate(
-          self.eval_step, ps.train, input_pipeline.eval_batches(self.p.config, self.p.ds),
-          self.p.mesh)
+      result, _ = self.evaluate(self.eval_step, ps)
       self.evaluations.append({'round': rnd, 'step': done, 'removed': len(self.removals),
                                'params': params, 'macs': macs, **result,
                                'train_macs': self.train_macs,
                                'seconds': self.loop.elapsed()})
       self.writer.write(done, {**result, 'params': params, 'round': rnd})
-      for b in due:
-        self.snapshots.append(self._snapshot(ps, b, result, preds, done))
-        self.budgets.remove(b)
+    if due:
+      self._snapshots(ps, due, done)
     if final:
       return ps, True
     if not self.budgets and pcfg.stop_after_last_budget:
@@ -270,9 +284,9 @@ class _Pruning:
   def history(self) -> dict:
     return {'removals': self.removals, 'evaluations': self.evaluations}
 
-  def _snapshot(self, ps, budget, result, preds, done) -> dict:
+  def _snapshot(self, state, spec, budget, result, preds, done) -> dict:
     """Writes the compacted, tuned network at `budget` with its spec, history and predictions."""
-    spec, nc = self.spec, self.nc
+    nc = self.nc
     out = {'budget': budget, 'params': spec_lib.count_params(spec, nc),
            'macs': spec_lib.count_macs(spec, self.size, nc),
            'round': done // self.pcfg.prune_every - 1, 'step': done,
@@ -289,7 +303,7 @@ class _Pruning:
     train_lib.write_json(os.path.join(d, 'history.json'), self.history())
     train_lib.write_json(os.path.join(d, 'result.json'), out)
     ck = ckpt_lib.Checkpoints(os.path.join(d, 'checkpoint'), keep=1)
-    ck.save(done, ps.train, spec, {'budget': budget})
+    ck.save(done, state, spec, {'budget': budget})
     ck.wait()
     ck.close()
     metrics_lib.log(f'snapshot at budget {budget:,}: {out["params"]:,} params, '

@@ -1,10 +1,10 @@
 """The study end to end: base, prune-and-tune, reduced families, pruned-from-scratch, copycats.
 
-Arms (PAPER.md):
+Arms (the paper's; docs/study.md):
 - base: the full network, trained once (config.seed).
 - pruned/<criterion>: one prune-and-tune run per criterion from the base, tuned snapshots at the
-  study's budgets and at the parameter count of every depth-reduced network (so that each
-  depth-reduced network meets a pruned network of its own size).
+  study's budgets; the main criterion's also at the parameter count of every depth-reduced
+  network (so that each depth-reduced network meets a pruned network of its own size).
 - reduced/<family>: smaller versions trained from scratch; width and bottleneck families at each
   budget, the depth family at its own sizes.
 - scratch: the main criterion's pruned architectures, re-initialised and trained with the base
@@ -200,13 +200,15 @@ def plan(config, step_seconds: float | None = None) -> list[dict]:
   seeds = len(scfg.seeds)
   rows = [dict(what='base network', kind='train', runs=1, steps=steps, macs=base_macs,
                batch=tcfg.batch_size)]
-  budgets = sorted(set(scfg.budgets) | set(depth_budgets(config, base, nc)))
   per_channel = (base_params - prune_floor(base, nc)) / sum(base.prunable)
-  rounds = pcfg.rounds
-  if pcfg.stop_after_last_budget:
-    rounds = min(rounds, math.ceil((base_params - min(budgets)) / per_channel))
-  mean_macs = (base_macs + min(budgets) / base_params * base_macs) / 2  # shrinking as it goes
   for crit in scfg.criteria:
+    smallest = min(scfg.budgets)
+    if crit == scfg.main_criterion:
+      smallest = min([smallest, *depth_budgets(config, base, nc)])
+    rounds = pcfg.rounds
+    if pcfg.stop_after_last_budget:
+      rounds = min(rounds, math.ceil((base_params - smallest) / per_channel))
+    mean_macs = (base_macs + smallest / base_params * base_macs) / 2  # shrinking as it goes
     rows.append(dict(what=f'prune-and-tune ({crit}), about {rounds} rounds', kind='prune',
                      runs=1, steps=(rounds + 1) * pcfg.prune_every, macs=mean_macs,
                      batch=pcfg.batch_size))
@@ -352,11 +354,13 @@ class Study:
     self._progress('base network')
     self.rows.append(self._row(Point('base', 'base', 'base', self.base_spec, None),
                                [base_dir], [base]))
-    budgets = sorted(set(scfg.budgets) | set(depth_budgets(self.config, self.base_spec,
-                                                           self.nc)), reverse=True)
+    # The main criterion also meets each depth-reduced network at its own size; the others
+    # are reported at the study's budgets only.
+    depth = depth_budgets(self.config, self.base_spec, self.nc)
     snapshots = {}
     for crit in scfg.criteria:
-      summary = self._prune(crit, budgets)
+      budgets = set(scfg.budgets) | (set(depth) if crit == scfg.main_criterion else set())
+      summary = self._prune(crit, sorted(budgets, reverse=True))
       snapshots[crit] = summary['snapshots']
       for s in summary['snapshots']:
         spec = spec_lib.load(os.path.join(s['dir'], 'spec.json'))

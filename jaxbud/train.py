@@ -157,11 +157,13 @@ def make_train_step(model, tx, ds: data_lib.Dataset, *, crop_pad: int, flip: boo
 
 def make_eval_step(model, ds: data_lib.Dataset):
   """Sums of loss and correct predictions over the rows of a batch where mask is 1, and every
-  row's predicted class ('pred', 'label', 'valid': mask > 0) for per-example statistics."""
+  row's predicted class ('pred', 'label', 'valid': mask > 0) for per-example statistics.
+  `gates` ({name: (C,)}, optional) multiply the prunable channels, e.g. a prune run's masks."""
 
-  def eval_step(state: TrainState, batch):
+  def eval_step(state: TrainState, batch, gates=None):
     x = augment.normalize(batch['image'], ds.mean, ds.std, model.dtype)
-    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x)
+    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
+                         gates=gates)
     mask = batch['mask']
     pred = jnp.argmax(logits, -1).astype(jnp.int32)
     return {'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),

@@ -10,17 +10,8 @@ import pytest
 from configs import bench_loop
 from configs import study_wrn_40_2_cifar10
 from jaxbud import loop_bench
-from jaxbud.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config():
-  c = bench_loop.get_config('cpu')
-  c.model.depth = 10
-  c.data.synthetic.update(train_size=64, test_size=16, image_size=8)
-  c.train.update(batch_size=8, eval_batch_size=16, log_every_steps=4)  # 8 steps per epoch
-  return c
 
 
 def test_steady_rate_leaves_the_first_logged_step_out():
@@ -54,19 +45,6 @@ def test_projection_arithmetic():
   assert study['seconds'] > expected > 99 * 200 * 390 * 0.01
 
 
-def test_measure_end_to_end(tmp_path):
-  c = tiny_config()
-  r = loop_bench.measure(c, str(tmp_path / 'run'), bare_steps_n=2, repeats=1, log=None)
-  assert r['dataset'] == 'synthetic' and r['loop_steps'] == 16 and r['batch_size'] == 8
-  assert r['loop_window'] == [4, 16]
-  for key in ('train_step_s', 'fisher_step_s', 'eval_s', 'loop_step_s', 'train_compile_s'):
-    assert r[key] > 0, key
-  assert r['loop_overhead'] == pytest.approx(r['loop_step_s'] / r['train_step_s'] - 1)
-  assert os.path.exists(tmp_path / 'run' / 'final.json')
-  with pytest.raises(UsageError, match='is not empty; give a new folder'):
-    loop_bench.measure(c, str(tmp_path / 'run'), log=None)
-
-
 def test_launcher_writes_json_and_refuses_a_used_workdir(tmp_path):
   cmd = [sys.executable, '-m', 'launch.bench_loop', '--config=configs/bench_loop.py:cpu',
          f'--workdir={tmp_path / "run"}', '--config.model.depth=10',
@@ -78,6 +56,12 @@ def test_launcher_writes_json_and_refuses_a_used_workdir(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'loop overhead' in r.stdout
   with open(tmp_path / 'run' / 'loop_bench.json') as f:
-    assert json.load(f)['loop_steps'] == 12
+    r = json.load(f)
+  assert r['dataset'] == 'synthetic' and r['loop_steps'] == 12 and r['batch_size'] == 8
+  assert r['loop_window'] == [3, 12]
+  for key in ('train_step_s', 'fisher_step_s', 'eval_s', 'loop_step_s', 'train_compile_s'):
+    assert r[key] > 0, key
+  assert r['loop_overhead'] == pytest.approx(r['loop_step_s'] / r['train_step_s'] - 1)
+  assert os.path.exists(tmp_path / 'run' / 'final.json')
   r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert r.returncode == 2 and r.stderr.strip().startswith('error: loop benchmark workdir')
