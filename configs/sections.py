@@ -41,7 +41,7 @@ def study_section(**overrides):
       seeds=(0,),                     # from-scratch runs per point
       bootstrap_samples=10_000,       # paired bootstrap of every comparison (jaxbud.stats)
       latency_batch_sizes=(1, 128),
-      latency_repeats=10,
+      latency_repeats=20,             # timed calls per network and batch size (RQ3)
       compilation_cache=True,         # keep compiled programs in <workdir>/jax_cache
       dry_run=False,                  # print the plan and its estimated cost, then exit
   ))

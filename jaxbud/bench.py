@@ -278,13 +278,15 @@ def time_round_robin(cases, repeats: int, warmup: int = 1, primed: bool = True):
 
 def _summary(times) -> dict:
   med = statistics.median(times)
-  return {'median_s': med, 'min_s': min(times), 'max_s': max(times),
+  q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (med, med, med)
+  return {'median_s': med, 'min_s': min(times), 'max_s': max(times), 'q1_s': q1, 'q3_s': q3,
           'spread': (max(times) - min(times)) / med}
 
 
 def time_inference(networks, batch_sizes, *, repeats: int = 10, warmup: int = 1,
                    primed: bool = True, seed: int = 0) -> dict:
-  """{label: {batch: median/min/max seconds and spread}} of trained networks' inference.
+  """{label: {batch: median/min/max/quartile seconds and spread}} of trained networks'
+  inference.
 
   networks: (label, model, variables, mean, std, image_shape) tuples, e.g. from `jaxbud.load`:
   the trained weights, the model's compute dtype, normalisation included. All networks of one

@@ -74,12 +74,15 @@ class Loop:
     """The loop's part of a checkpoint's meta (call after `check`)."""
     return {'pending': preempt.pack_pending(self.pending), 'elapsed_s': self.elapsed()}
 
-  def check(self, task: Task, state, done: int):
-    """The NaN/Inf guard over the metrics since the last check and the current parameters."""
+  def check(self, task: Task, state, done: int, params: bool = False):
+    """The NaN/Inf guard over the losses since the last check and, with `params` (before every
+    checkpoint, so none holds NaN/Inf), the current parameters. A non-finite parameter makes
+    the next step's loss non-finite, so the losses alone catch it everywhere else."""
     self.pending = jax.device_get(self.pending)
     new = self.pending[self._checked:]
     preempt.check_finite([m['train_loss'] for m in new], done - len(new) + 1,
-                         task.params(state), self.where, self.ckpts.describe_latest)
+                         task.params(state) if params else None, self.where,
+                         self.ckpts.describe_latest)
     self._checked = len(self.pending)
 
   def _flush(self, task: Task, done: int, progress):
@@ -114,14 +117,14 @@ class Loop:
           self._flush(task, done, progress)
         saved = False
         if done % self.checkpoint_every == 0 or last:
-          self.check(task, state, done)
+          self.check(task, state, done, params=True)
           task.save(done, state, {**self.meta(), 'finished': last})
           saved = True
         if last:
           break
         if preemption.requested(done):
           if not saved:
-            self.check(task, state, done)
+            self.check(task, state, done, params=True)
             task.save(done, state, self.meta())
           preempt.stop(f'step {done} of {self.total}', self.ckpts, self.writer)
     return state, done

@@ -32,7 +32,20 @@ def replicate(mesh, tree):
   when there are several processes, and `jax.device_put` of a process-local array onto a
   multi-process sharding fails, so the copy goes through a jitted identity instead.
   """
-  return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+  return _replicator(mesh)(tree)
+
+
+@functools.lru_cache(maxsize=None)
+def _replicator(mesh):
+  return jax.jit(lambda t: t, out_shardings=replicated(mesh))
+
+
+def host_copy(x) -> np.ndarray:
+  """A numpy copy of a replicated (or single-process) array: one local shard is the whole of a
+  replicated array, so this works in every process of a multi-host run."""
+  if isinstance(x, jax.Array) and x.is_fully_replicated:
+    x = x.addressable_data(0)
+  return np.asarray(x)
 
 
 def check_batch(batch_size: int, what: str = 'batch_size'):

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbud import parallel
+
 
 class Preempted(Exception):
   """The run saved a checkpoint after SIGTERM and stopped; re-run the command to resume."""
@@ -59,20 +61,19 @@ def stop(what: str, ckpts, writer):
                   'resume')
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+def all_finite(tree) -> bool:
+  """Whether every float leaf of `tree` is finite, checked on the host (no program to compile
+  per architecture; the loop calls it before a checkpoint, when the params are copied anyway)."""
+  return all(bool(np.all(np.isfinite(parallel.host_copy(x)))) for x in jax.tree.leaves(tree)
+             if jnp.issubdtype(x.dtype, jnp.inexact))
 
 
 def check_finite(losses, first_step: int, params, where: str, last_good):
-  """Raises NonFiniteError if any of `losses` (steps first_step...) or `params` is NaN/Inf.
-
-  `last_good()` says where the last good checkpoint is (called only on failure).
+  """Raises NonFiniteError if any of `losses` (steps first_step...) or `params` (unless None)
+  is NaN/Inf. `last_good()` says where the last good checkpoint is (called only on failure).
   """
   bad = [first_step + i for i, x in enumerate(losses) if not math.isfinite(float(x))]
-  params_ok = bool(_all_finite(params))
+  params_ok = bad or params is None or all_finite(params)
   if not bad and params_ok:
     return
   last = first_step + len(losses) - 1

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbud import parallel
 from jaxbud import spec as spec_lib
 from jaxbud import train as train_lib
 
@@ -110,9 +111,15 @@ def shrink(tree, spec: spec_lib.Spec, keep: dict):
     if module in emptied:
       return _DROP
     if module in plan and hasattr(node, 'ndim') and node.ndim:
+      # Concrete arrays are sliced on the host: an eager jnp.take would compile a program for
+      # every tensor shape of every compaction.
+      take = jnp.take if isinstance(node, jax.core.Tracer) else np.take
+      if take is np.take:
+        node = parallel.host_copy(node)
       for axis, idx in plan[module]:
         axis = axis if node.ndim == 4 else 0  # BN vectors and their slots are 1-D
-        node = jnp.take(node, jnp.asarray(idx), axis=axis)
+        node = take(node, np.asarray(idx), axis=axis)
+      node = jnp.asarray(node)
     return node
 
   out = walk(tree, ())

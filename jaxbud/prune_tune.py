@@ -117,8 +117,8 @@ def _compact(ps: prune.PruneState, spec, orig):
           for n in spec.prunable_names}
   new_spec = spec.with_prunable(len(keep[n]) for n in spec.prunable_names)
   train_state = prune.shrink_state(ps.train, spec, keep)
-  mask = {n: jnp.ones((len(keep[n]),), jnp.float32) for n in spec.prunable_names}
-  saliency = {n: jnp.take(ps.saliency[n], jnp.asarray(keep[n])) for n in spec.prunable_names}
+  mask = {n: np.ones((len(keep[n]),), np.float32) for n in spec.prunable_names}
+  saliency = {n: parallel.host_copy(ps.saliency[n])[keep[n]] for n in spec.prunable_names}
   orig = {n: [orig[n][i] for i in keep[n]] for n in spec.prunable_names}
   return prune.PruneState(train_state, mask, saliency), new_spec, orig
 
@@ -268,7 +268,11 @@ class _Pruning:
     name, c, score = ranked[0]
     mask = dict(ps.mask)
     mask[name] = mask[name].at[c].set(0.0)
-    ps = ps.replace(mask=mask, saliency=jax.tree.map(jnp.zeros_like, ps.saliency))
+    # Replicated like the state the step returns, so the step is not compiled a second time for
+    # the single-device arrays eager ops make.
+    mask, saliency = parallel.replicate(self.p.mesh,
+                                        (mask, jax.tree.map(jnp.zeros_like, ps.saliency)))
+    ps = ps.replace(mask=mask, saliency=saliency)
     # The runner-up says how decisive the removal was (near ties flip under float rounding).
     runner_up = ([ranked[1][0], int(self.orig[ranked[1][0]][ranked[1][1]]), ranked[1][2]]
                  if len(ranked) > 1 else None)
@@ -353,7 +357,8 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
     start, (spec, ps, meta) = restored
     metrics_lib.log(f'resumed prune run at step {start} ({len(meta["removals"])} removed)')
   else:
-    spec, ps = base_spec, prune.init_prune_state(state, base_spec)
+    # Replicated like everything the step returns (one compilation of the step, not two).
+    spec, ps = base_spec, parallel.replicate(p.mesh, prune.init_prune_state(state, base_spec))
   writer = metrics_lib.Writer(workdir, resume_step=start)
   base_params = spec_lib.count_params(base_spec, p.ds.num_classes)
   metrics_lib.log(f'pruning {base_spec.family} ({base_params:,} params) with '

@@ -5,7 +5,7 @@ advance. Each comparison is paired on the same test images (`jaxbud.stats.paired
 the difference in test error with a 95% interval over test images and seeds, and the verdict
 "supported", "contradicted" or "inconclusive" (the interval contains zero). Latencies (RQ3)
 come from `jaxbud.bench` with the trained weights in the model's compute dtype; "faster" needs
-the difference of medians to exceed the larger spread (max - min) of the two. Training compute
+the difference of medians to exceed the larger interquartile range of the two. Training compute
 (RQ5) is counted in multiply-accumulates, so that verdict does not depend on machine load.
 
 Comparisons never pick a winner on the test set: each reduced family is compared with the
@@ -45,7 +45,8 @@ def _load(run_dir):
 
 
 def add_latency(rows, config, dataset, cache_path=None):
-  """Median inference latency (and its spread) at batch 1 and a large batch for every row.
+  """Median inference latency (and its spread) at batch 1 and a large batch for the rows RQ3
+  compares (reduced networks, the main criterion's pruned networks) and the base.
 
   Each row's network is the trained one (its first run), in the config's compute dtype, timed
   by `jaxbud.bench.time_inference` (AOT compiled, primed, round-robin over all rows). Results
@@ -58,6 +59,8 @@ def add_latency(rows, config, dataset, cache_path=None):
     with open(cache_path) as f:
       cache = json.load(f)
   key = lambda r: f'{r["runs"][0]}|{small}|{large}|{scfg.latency_repeats}'
+  rows = [r for r in rows if r['arm'] in ('base', 'reduced') or
+          (r['arm'] == 'pruned' and r['family'] == scfg.main_criterion)]
   todo = list({key(r): r for r in rows if key(r) not in cache}.values())
   if todo:
     networks = []
@@ -108,14 +111,16 @@ def _paired(rq, budget, a, b, samples) -> dict:
 def _latency(budget, batch, a, b) -> dict:
   la, lb = a['latency'][str(batch)], b['latency'][str(batch)]
   diff = lb['median_s'] - la['median_s']  # > 0: a (reduced) is faster
-  spread = max(la['max_s'] - la['min_s'], lb['max_s'] - lb['min_s'])
+  # The spread: the larger interquartile range (max - min follows single outliers of a shared
+  # machine and would make the verdict change from run to run).
+  spread = max(la['q3_s'] - la['q1_s'], lb['q3_s'] - lb['q1_s'])
   verdict = (stats.SUPPORTED if diff > spread else
              stats.CONTRADICTED if -diff > spread else stats.INCONCLUSIVE)
   return {'rq': 'RQ3', 'budget': budget, 'batch': batch, 'a': _name(a), 'b': _name(b),
           'a_s': la['median_s'], 'b_s': lb['median_s'], 'spread_s': spread,
-          'verdict': verdict,
+          'verdict': verdict, 'stable_text': f'batch {batch}',
           'text': f'batch {batch}: {1e3 * la["median_s"]:.3f} ms vs {1e3 * lb["median_s"]:.3f} ms '
-                  f'(larger spread {1e3 * spread:.3f} ms)'}
+                  f'(larger interquartile range {1e3 * spread:.3f} ms)'}
 
 
 def _compute(budget, a, b) -> dict:
@@ -123,6 +128,7 @@ def _compute(budget, a, b) -> dict:
              stats.CONTRADICTED if a['train_macs'] > b['train_macs'] else stats.INCONCLUSIVE)
   return {'rq': 'RQ5', 'budget': budget, 'a': _name(a), 'b': _name(b),
           'a_macs': a['train_macs'], 'b_macs': b['train_macs'], 'verdict': verdict,
+          'stable_text': f'{a["train_macs"]:.2e} vs {b["train_macs"]:.2e} MACs of training',
           'text': f'{a["train_macs"]:.2e} vs {b["train_macs"]:.2e} MACs of training '
                   f'({a["train_seconds"]:.0f} s vs {b["train_seconds"]:.0f} s here)'}
 
@@ -157,8 +163,10 @@ def comparisons(rows, config) -> list[dict]:
   return out
 
 
-def answer(comps) -> dict:
-  """{'RQ1': (headline, [lines]), ...}: each question's verdict counts and its comparisons."""
+def answer(comps, timings: bool = True) -> dict:
+  """{'RQ1': (headline, [lines]), ...}: each question's verdict counts and its comparisons.
+  Without `timings`, the lines leave out the measured times (they differ from run to run; the
+  verdicts and everything else are what a fresh run prints)."""
   out = {}
   for rq, question in QUESTIONS.items():
     mine = [c for c in comps if c['rq'] == rq]
@@ -166,7 +174,8 @@ def answer(comps) -> dict:
               for v in (stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE)}
     tally = (', '.join(f'{v} in {n}' for v, n in counts.items() if n) + f' of {len(mine)}'
              if mine else 'not measured in this run')
-    lines = [f'budget {c["budget"]:,}: {c["a"]} vs {c["b"]}: {c["text"]}: **{c["verdict"]}**'
+    text = lambda c: c['text'] if timings else c.get('stable_text', c['text'])
+    lines = [f'budget {c["budget"]:,}: {c["a"]} vs {c["b"]}: {text(c)}: **{c["verdict"]}**'
              for c in mine]
     out[rq] = (f'{question}: {tally}.', lines)
   return out
@@ -272,18 +281,29 @@ def _budget(r) -> str:
   return f'{r["budget"]:,}' if r['budget'] else '-'
 
 
-def table(rows) -> str:
-  head = ('| arm | family | budget | params | MACs | test error | seeds | latency b1 (ms) | '
-          'latency large (ms) | train MACs | train s | note |\n'
-          '|---|---|---|---|---|---|---|---|---|---|---|---|\n')
-  body = ''.join(
-      f'| {r["arm"]} | {r["family"]} | {_budget(r)} | '
-      f'{r["params"]:,} | {r["macs"]:,} | {_fmt_err(r)} | {r["seeds"]} | '
-      f'{1e3 * r.get("latency_b1_s", float("nan")):.3f} | '
-      f'{1e3 * r.get("latency_large_s", float("nan")):.2f} | {r["train_macs"]:.2e} | '
-      f'{r["train_seconds"]:.0f} | {_note(r)} |\n'
-      for r in rows)
-  return head + body
+def _ms(seconds, digits) -> str:
+  return '-' if seconds is None else f'{1e3 * seconds:.{digits}f}'
+
+
+def table(rows, timings: bool = True) -> str:
+  """The results as a markdown table; without `timings`, no latency and seconds columns (the
+  columns that differ between two runs of the same study)."""
+  cols = ['arm', 'family', 'budget', 'params', 'MACs', 'test error', 'seeds']
+  cols += ['latency b1 (ms)', 'latency large (ms)'] if timings else []
+  cols += ['train MACs'] + (['train s'] if timings else []) + ['note']
+  lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+  for r in rows:
+    cells = [r['arm'], r['family'], _budget(r), f'{r["params"]:,}', f'{r["macs"]:,}',
+             _fmt_err(r), str(r['seeds'])]
+    if timings:
+      cells += [_ms(r.get('latency_b1_s'), 3), _ms(r.get('latency_large_s'), 2)]
+    cells.append(f'{r["train_macs"]:.2e}')
+    if timings:
+      cells.append(f'{r["train_seconds"]:.0f}')
+    cells.append(_note(r))
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
 
 
 def research_questions(answers) -> str:
@@ -327,7 +347,7 @@ def write(rows, workdir, config, dataset) -> dict:
         f'({scfg.bootstrap_samples:,} samples), and the verdict on the claim "a is better". '
         f'Latency: `jaxbud.bench`, trained weights, {config.model.dtype}, median of '
         f'{scfg.latency_repeats} on {jax.devices()[0].device_kind}; "faster" needs the '
-        'difference of medians to exceed the larger max - min spread. Training compute: 3 x '
+        'difference of medians to exceed the larger interquartile range. Training compute: 3 x '
         'forward MACs per training image (base network plus prune run up to the snapshot for '
         'pruned networks).', '',
         '## Research questions (computed from this run)', '', research_questions(answers),
@@ -347,12 +367,14 @@ README_END = '<!-- end of study results -->'
 
 def results_block(directory) -> str:
   """The results table and every RQ verdict of the study written to `directory`, as markdown
-  (what the README shows; regenerated from results.json and comparisons.json)."""
+  (what the README shows; regenerated from results.json and comparisons.json). Measured times
+  are left out: the rest is what any run of the same study on the same platform prints."""
   with open(os.path.join(directory, 'results.json')) as f:
     rows = json.load(f)
   with open(os.path.join(directory, 'comparisons.json')) as f:
     comps = json.load(f)
-  return '\n'.join([table(rows), research_questions(answer(comps)).rstrip('\n')])
+  return '\n'.join([table(rows, timings=False),
+                    research_questions(answer(comps, timings=False)).rstrip('\n')])
 
 
 def replace_block(text: str, block: str) -> str:

@@ -114,8 +114,11 @@ def copycat_spec(profile: spec_lib.Spec, budget: int, num_classes: int) -> spec_
 
 
 def wider_than_base(spec: spec_lib.Spec, base: spec_lib.Spec) -> bool:
-  """Whether any prunable layer of `spec` has more channels than the base network's."""
-  return any(w > b for w, b in zip(spec.prunable, base.prunable))
+  """Whether any prunable layer of `spec` has more channels than the base network's layer at
+  the same relative depth (the same layer when both have as many; a shallower network's layers
+  meet the base's at the same fraction of the depth, so the stages line up)."""
+  n, m = len(spec.prunable), len(base.prunable)
+  return any(w > base.prunable[i * m // n] for i, w in enumerate(spec.prunable))
 
 
 def scratch_b_factor(base_macs: int, macs: int) -> float:
@@ -277,6 +280,7 @@ class Study:
     self.base_macs = spec_lib.count_macs(self.base_spec, self.size, self.nc)
     self.rows = []      # one dict per arm point (see _row)
     self._runs = {}     # (spec json, seed, schedule) -> (run dir, the point that owns it)
+    self._setups = {}   # (spec json, schedule) -> TrainSetup shared by the seeds (jitted once)
     self._done, self._total, self._t0 = 0, 0, time.perf_counter()
 
   # -- runs -------------------------------------------------------------------------------
@@ -292,7 +296,11 @@ class Study:
       os.makedirs(workdir, exist_ok=True)
       spec_lib.save(spec, os.path.join(workdir, 'arm_spec.json'))
       cfg.model.spec_file = os.path.join(workdir, 'arm_spec.json')
-    return train_lib.train_and_evaluate(cfg, workdir, train_lib.setup(cfg, self.dataset))
+    key = (spec.to_json(), schedule)
+    if key not in self._setups:
+      self._setups[key] = train_lib.setup(cfg, self.dataset)
+    return train_lib.train_and_evaluate(cfg, workdir,
+                                        dataclasses.replace(self._setups[key], config=cfg))
 
   def _prune(self, criterion, budgets):
     workdir = os.path.join(self.workdir, f'prune_{criterion}')

@@ -233,10 +233,28 @@ class TrainSetup:
   model: object
   tx: optax.GradientTransformation
   steps_per_epoch: int
+  # Jitted functions by mesh, built once and shared by every run made from this setup and its
+  # `dataclasses.replace` copies (a study's seeds of one architecture): a function JAX has seen
+  # is neither traced nor compiled again.
+  jitted: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @property
   def total_steps(self) -> int:
     return self.config.train.epochs * self.steps_per_epoch
+
+  def functions(self, mesh):
+    """(init, train step, eval step), jitted for `mesh`: init(key, data_seed=) -> TrainState."""
+    if mesh not in self.jitted:
+      crop_pad, flip = input_pipeline.device_augment(self.config)
+      self.jitted[mesh] = (
+          jax.jit(functools.partial(create_state, self.model, self.tx,
+                                    image_shape=self.dataset.image_shape),
+                  out_shardings=parallel.replicated(mesh)),
+          parallel.jit(make_train_step(self.model, self.tx, self.dataset, crop_pad=crop_pad,
+                                       flip=flip), donate_argnums=0),
+          parallel.jit(make_eval_step(self.model, self.dataset),
+                       out_shardings=parallel.replicated(mesh)))
+    return self.jitted[mesh]
 
 
 def setup(config, dataset: data_lib.Dataset | None = None) -> TrainSetup:
@@ -277,14 +295,9 @@ class _Training:
   """The training run as a `loop.Task`: evaluation and checkpoints at epoch ends."""
 
   def __init__(self, ts: TrainSetup, workdir, ckpts, writer, mesh):
-    config = ts.config
     self.ts, self.tcfg, self.workdir, self.ckpts, self.writer, self.mesh = (
-        ts, config.train, workdir, ckpts, writer, mesh)
-    crop_pad, flip = input_pipeline.device_augment(config)
-    self.step = parallel.jit(make_train_step(ts.model, ts.tx, ts.dataset, crop_pad=crop_pad,
-                                             flip=flip), donate_argnums=0)
-    self.eval_step = parallel.jit(make_eval_step(ts.model, ts.dataset),
-                                  out_shardings=parallel.replicated(mesh))
+        ts, ts.config.train, workdir, ckpts, writer, mesh)
+    _, self.step, self.eval_step = ts.functions(mesh)
     self.last, self.predictions = {}, None
 
   def evaluate(self, state):
@@ -326,8 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   metrics_lib.make_workdir(workdir)
 
   mesh = parallel.make_mesh()
-  init = jax.jit(functools.partial(create_state, ts.model, ts.tx, image_shape=ds.image_shape),
-                 out_shardings=parallel.replicated(mesh))
+  init = ts.functions(mesh)[0]
   # 'rbg' keys: the same initialisers, compiled about twice as fast as threefry on CPU, which
   # matters when a study trains dozens of small networks.
   state = init(jax.random.key(config.seed, impl='rbg'), data_seed=np.uint32(config.seed))

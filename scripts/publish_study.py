@@ -5,8 +5,14 @@ r"""Copies a finished study's outputs into docs/study_digits and regenerates the
 
 The README's block between the study-results markers is `jaxbud.report.results_block` of
 docs/study_digits; tests/test_docs.py checks that they agree.
+
+  python scripts/publish_study.py --check --src=OTHER_RUN
+
+compares another run's results block (table and verdicts, no measured times) with the README's
+and prints the lines that differ; exit status 1 if any do.
 """
 import argparse
+import difflib
 import os
 import shutil
 import sys
@@ -25,10 +31,21 @@ def main(argv=None):
   parser.add_argument('--src', default=os.path.join(ROOT, 'runs', 'study_digits'))
   parser.add_argument('--dst', default=os.path.join(ROOT, 'docs', 'study_digits'))
   parser.add_argument('--readme', default=os.path.join(ROOT, 'README.md'))
+  parser.add_argument('--check', action='store_true',
+                      help='compare --src with the README instead of publishing it')
   args = parser.parse_args(argv)
   missing = [f for f in FILES if not os.path.isfile(os.path.join(args.src, f))]
   if missing:
     parser.error(f'{args.src} is not a finished study (missing {", ".join(missing)})')
+  if args.check:
+    with open(args.readme) as f:
+      text = f.read()
+    start = text.index(report.README_BEGIN) + len(report.README_BEGIN)
+    published = text[start:text.index(report.README_END)].strip('\n').splitlines()
+    fresh = report.results_block(args.src).splitlines()
+    diff = list(difflib.unified_diff(published, fresh, 'README', args.src, lineterm='', n=0))
+    print('\n'.join(diff) if diff else f'{args.src}: the same table and verdicts as the README')
+    sys.exit(1 if diff else 0)
   os.makedirs(args.dst, exist_ok=True)
   for f in FILES:
     shutil.copy(os.path.join(args.src, f), os.path.join(args.dst, f))
