@@ -17,13 +17,17 @@ def test_extending_md_runs():
 
 def test_readme_results_are_the_published_study():
   """The README's results block is generated from docs/study_digits (scripts/publish_study.py),
-  and docs/study_digits/report.md carries the same table and verdicts."""
+  and docs/study_digits/report.md carries the same table and verdicts (with measured times)."""
+  import json  # pylint: disable=g-import-not-at-top
   from jaxbud import report  # pylint: disable=g-import-not-at-top
+  src = os.path.join(ROOT, 'docs', 'study_digits')
   readme = open(os.path.join(ROOT, 'README.md')).read()
-  block = report.results_block(os.path.join(ROOT, 'docs', 'study_digits'))
+  block = report.results_block(src)
   assert report.replace_block(readme, block) == readme
-  published = open(os.path.join(ROOT, 'docs', 'study_digits', 'report.md')).read()
-  assert block.split('\n', 1)[1].split('\n**RQ1')[0] in published  # the table rows
-  for line in block.splitlines():
-    if line.startswith('- budget'):
-      assert line in published
+  published = open(os.path.join(src, 'report.md')).read()
+  rows = json.load(open(os.path.join(src, 'results.json')))
+  assert report.table(rows) in published
+  comps = json.load(open(os.path.join(src, 'comparisons.json')))
+  for headline, lines in report.answer(comps).values():
+    assert headline in published and headline in readme
+    assert all(line in published for line in lines)
