@@ -33,7 +33,8 @@ setuptools.setup(
         # tfds' builders read the original CIFAR/ImageNet archives through TensorFlow.
         # (and tfds imports importlib_resources when preparing without declaring it).
         'data': ['tensorflow-cpu>=2.16,<3', 'pillow>=10', 'importlib_resources'],
-        'test': ['pytest>=8', 'tensorflow-cpu>=2.16,<3', 'pillow>=10', 'importlib_resources',
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'tensorflow-cpu>=2.16,<3', 'pillow>=10',
+                 'importlib_resources',
                  *EXPORT],
     },
 )
