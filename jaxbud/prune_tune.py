@@ -19,8 +19,8 @@ The network keeps fixed shapes between compactions: removed channels are masked 
 (exactly zero, see jaxbud.prune), in training and in evaluation, so the jitted steps are reused.
 Once `compact_every` channels are masked the state is compacted (params, batch stats and
 momentum sliced) and the steps are compiled once for the smaller shapes. A snapshot is a
-compacted copy, evaluated and saved on its own; the run goes on with its masks. The loop around the step (metrics, NaN
-guard, checkpoints, SIGTERM) is jaxbud.loop's, the same as training's.
+compacted copy, evaluated and saved on its own; the run goes on with its masks. The loop around
+the step (metrics, NaN guard, checkpoints, SIGTERM) is jaxbud.loop's, the same as training's.
 
 Layout of a run's workdir:
   checkpoints/            the run's own state (resume point), with the current spec

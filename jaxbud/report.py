@@ -126,11 +126,11 @@ def _latency(budget, batch, a, b) -> dict:
 def _compute(budget, a, b) -> dict:
   verdict = (stats.SUPPORTED if a['train_macs'] < b['train_macs'] else
              stats.CONTRADICTED if a['train_macs'] > b['train_macs'] else stats.INCONCLUSIVE)
+  stable = f'{a["train_macs"]:.2e} vs {b["train_macs"]:.2e} MACs of training'
   return {'rq': 'RQ5', 'budget': budget, 'a': _name(a), 'b': _name(b),
           'a_macs': a['train_macs'], 'b_macs': b['train_macs'], 'verdict': verdict,
-          'stable_text': f'{a["train_macs"]:.2e} vs {b["train_macs"]:.2e} MACs of training',
-          'text': f'{a["train_macs"]:.2e} vs {b["train_macs"]:.2e} MACs of training '
-                  f'({a["train_seconds"]:.0f} s vs {b["train_seconds"]:.0f} s here)'}
+          'stable_text': stable,
+          'text': f'{stable} ({a["train_seconds"]:.0f} s vs {b["train_seconds"]:.0f} s here)'}
 
 
 def comparisons(rows, config) -> list[dict]:
