@@ -65,9 +65,9 @@ def bare_steps(ts: train_lib.TrainSetup, steps: int, repeats: int) -> dict:
   """Compile and pipelined times of the run's bare train step and Fisher prune step."""
   config, ds = ts.config, ts.dataset
   mesh = parallel.make_mesh()
-  init = jax.jit(functools.partial(train_lib.create_state, ts.model, ts.tx,
-                                   image_shape=ds.image_shape),
-                 out_shardings=parallel.replicated(mesh))
+  init = parallel.jit_once(functools.partial(train_lib.create_state, ts.model, ts.tx,
+                                             image_shape=ds.image_shape),
+                           out_shardings=parallel.replicated(mesh))
   new_state = lambda: init(jax.random.key(config.seed, impl='rbg'),
                            data_seed=np.uint32(config.seed))
   _, batch = next(input_pipeline.train_batches(config, ds, seed=config.seed,

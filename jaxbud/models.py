@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxbud import parallel
 from jaxbud import spec as spec_lib
 
 # N(0, sqrt(2 / (kh * kw * out_channels))): He initialisation with fan-out, untruncated.
@@ -335,7 +336,10 @@ def build(spec: spec_lib.Spec, num_classes: int = 10, dtype=jnp.float32) -> nn.M
 
 def init(model: nn.Module, key, image_shape) -> dict:
   """Variables ({'params', 'batch_stats'}) for NHWC images of `image_shape` (H, W, C)."""
-  return jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32)))(key)
+  fn = lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32))
+  if isinstance(key, jax.core.Tracer):  # inside jit/eval_shape: the caller's program
+    return fn(key)
+  return parallel.jit_once(fn)(key)
 
 
 def count(tree) -> int:

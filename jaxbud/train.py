@@ -247,9 +247,9 @@ class TrainSetup:
     if mesh not in self.jitted:
       crop_pad, flip = input_pipeline.device_augment(self.config)
       self.jitted[mesh] = (
-          jax.jit(functools.partial(create_state, self.model, self.tx,
-                                    image_shape=self.dataset.image_shape),
-                  out_shardings=parallel.replicated(mesh)),
+          parallel.jit_once(functools.partial(create_state, self.model, self.tx,
+                                              image_shape=self.dataset.image_shape),
+                            out_shardings=parallel.replicated(mesh)),
           parallel.jit(make_train_step(self.model, self.tx, self.dataset, crop_pad=crop_pad,
                                        flip=flip), donate_argnums=0),
           parallel.jit(make_eval_step(self.model, self.dataset),

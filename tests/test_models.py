@@ -398,6 +398,17 @@ def test_real_init_matches_abstract(wrn_init):
   assert M.count(v['params']) == S.count_params(WRN)
 
 
+@pytest.mark.parametrize('spec,shape', [(WRN, IMG8), (DN, IMG8)], ids=['wrn', 'densenet'])
+def test_init_compiled_for_one_run_gives_the_default_compilations_bits(spec, shape):
+  """models.init compiles with jaxbud.parallel.INIT_CPU_OPTIONS (faster); the values must be
+  the ones XLA's default compilation gives, or every published figure would move."""
+  model = M.build(spec)
+  plain = jax.jit(lambda k: model.init(k, jnp.zeros((1, *shape), jnp.float32)))(KEY)
+  fast = M.init(model, KEY, shape)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(fast), jax.tree.leaves(plain)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
 def test_he_fan_out_normal_init(wrn_init):
   _, v = wrn_init
   kernels = _kernel_paths(v['params'])
