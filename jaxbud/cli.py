@@ -104,7 +104,8 @@ def run(main):
     elif any(f.value is not None for f in (COORDINATOR, NUM_PROCESSES, PROCESS_ID)):
       fail('--coordinator_address, --num_processes and --process_id only apply with --multihost')
     try:
-      main(argv)
+      with preempt.handling_sigterm(enabled=not MULTIHOST.value):
+        main(argv)
     except UsageError as e:
       fail(str(e))
     except preempt.Preempted as e:  # checkpoint saved: a scheduler re-runs the command

@@ -8,7 +8,14 @@ checkpoint of the current step and raise `Preempted`, which the launchers turn i
 With several processes every host must stop at the same step, because saving is collective.
 There JAX's own preemption sync point (the distributed runtime's coordination service, which
 receives the signal) decides; in a single process a SIGTERM handler sets a flag.
+
+A launcher (jaxbud.cli.run) holds `handling_sigterm()` for its whole life, so a SIGTERM that
+lands outside a loop (while setting up, in the final evaluation, between a study's runs) also
+ends in exit status 143: there it raises `Preempted` at once, since everything worth keeping is
+already in the last checkpoint. Library code that calls a loop without a launcher gets the
+handler for the loop only.
 """
+import contextlib
 import math
 import signal
 import threading
@@ -28,28 +35,68 @@ class NonFiniteError(FloatingPointError):
   """Loss or parameters became NaN/Inf; the run stopped without saving past its last good step."""
 
 
+# The single-process SIGTERM handler's state (signal handlers run in the main thread).
+_flag = threading.Event()  # set by SIGTERM; the loops poll it
+_polling = 0  # loops (Preemption contexts) now running
+_installed = None  # (handler it replaced,) while a handling_sigterm() context is open
+
+
+def _on_sigterm(*_):
+  _flag.set()
+  if not _polling:
+    raise Preempted('SIGTERM outside a training loop: nothing new to save (the last checkpoint '
+                    'stands); run the same command again to resume')
+
+
+@contextlib.contextmanager
+def handling_sigterm(enabled: bool = True):
+  """SIGTERM handled while open (nested contexts share the outermost's handler): inside a loop
+  (`Preemption`) it sets the flag the loop polls, elsewhere it raises `Preempted`.
+
+  Only in the main thread; `enabled=False` (a multi-host run, where the distributed runtime
+  receives SIGTERM) leaves the signal alone.
+  """
+  global _installed
+  if (not enabled or _installed is not None or
+      threading.current_thread() is not threading.main_thread()):
+    yield
+    return
+  _flag.clear()
+  _installed = (signal.signal(signal.SIGTERM, _on_sigterm),)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, _installed[0])
+    _installed = None
+
+
 class Preemption:
-  """Context manager: SIGTERM -> `requested(step)` becomes true (the same step on every host)."""
+  """Context manager around a loop: SIGTERM -> `requested(step)` becomes true (the same step on
+  every host)."""
 
   def __init__(self):
-    self._flag = threading.Event()
-    self._previous = None
+    self._handling = None
 
   def __enter__(self):
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+    global _polling
+    if jax.process_count() == 1:
+      self._handling = handling_sigterm()
+      self._handling.__enter__()
+      _polling += 1
     return self
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    global _polling
+    if self._handling is not None:
+      _polling -= 1
+      self._handling.__exit__(*exc)
+      self._handling = None
 
   def requested(self, step: int) -> bool:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       return multihost_utils.reached_preemption_sync_point(step)
-    return self._flag.is_set()
+    return _flag.is_set()
 
 
 def stop(what: str, ckpts, writer):

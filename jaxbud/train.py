@@ -285,10 +285,15 @@ def setup(config, dataset: data_lib.Dataset | None = None) -> TrainSetup:
 
 
 def write_json(path, obj):
-  """`obj` as indented JSON at `path` (process 0 writes; the others skip)."""
+  """`obj` as indented JSON at `path` (process 0 writes; the others skip).
+
+  Atomic: a run killed while writing leaves the old file or none, never half a file (final.json
+  and summary.json say that a run is finished).
+  """
   if jax.process_index() == 0:
-    with open(path, 'w') as f:
+    with open(f'{path}.tmp', 'w') as f:
       json.dump(obj, f, indent=1)
+    os.replace(f'{path}.tmp', path)
 
 
 class _Training:

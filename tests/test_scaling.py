@@ -8,7 +8,7 @@ from jaxbud import scaling
 
 def tiny(**overrides):
   c = bench_scaling.get_config().scaling
-  c.update(dict(spec='wrn-16-1', batch_size=4, image_size=8, repeats=1, warmup=0), **overrides)
+  c.update(dict(spec='wrn-10-1', batch_size=4, image_size=8, repeats=1, warmup=0), **overrides)
   return c
 
 

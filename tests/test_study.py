@@ -25,8 +25,11 @@ def tiny_study_config():
   c.model.update(depth=16, widen=1.0)  # WRN-16-1 (174,778 params); WRN-10-1 is its depth family
   c.train.update(epochs=2, milestones=(1,), eval_every_epochs=2, checkpoint_every_epochs=2)
   c.prune.update(prune_every=2, compact_every=64, log_every_rounds=50, eval_every_rounds=40)
+  # Two reduced families (depth, width); the bottleneck family trains the same way and is
+  # planned in test_cifar_study_dry_run_needs_no_data.
   c.study.update(criteria=('fisher',), budgets=(90_000,), copycat_budget=90_000, seeds=(0,),
-                 depths=(10,), latency_batch_sizes=(1, 8), latency_repeats=2,
+                 reduced=('wrn_depth', 'wrn_width'),
+                 depths=(10,), latency_batch_sizes=(1,), latency_repeats=2,
                  bootstrap_samples=500)
   return c
 
@@ -107,8 +110,7 @@ def test_tiny_study_writes_every_output(tiny):
   rows = list(csv.DictReader(open(workdir / 'results.csv')))
   assert {(r['arm'], r['family']) for r in rows} == {
       ('base', 'base'), ('pruned', 'fisher'), ('scratch', 'fisher'), ('scratch_b', 'fisher'),
-      ('copycat', 'fisher'), ('reduced', 'wrn_depth'), ('reduced', 'wrn_width'),
-      ('reduced', 'wrn_bottleneck')}
+      ('copycat', 'fisher'), ('reduced', 'wrn_depth'), ('reduced', 'wrn_width')}
   for r in out['rows']:
     assert 0 <= r['test_error'] <= 1
     # Latency is measured for the networks RQ3 compares, and the base.
@@ -214,11 +216,12 @@ def test_cifar_study_dry_run_needs_no_data(tmp_path):
   r = subprocess.run(
       [sys.executable, '-m', 'launch.study', '--config=configs/study_wrn_40_2_cifar10.py',
        f'--workdir={tmp_path}/never', '--config.study.dry_run=True',
-       f'--config.data.data_dir={tmp_path}/no_data', '--config.model.widen=0.5',
-       '--config.train.batch_size=8', '--config.study.budgets=(100000,60000)',
-       '--config.study.copycat_budget=60000'],
+       f'--config.data.data_dir={tmp_path}/no_data', '--config.model.depth=16',
+       '--config.model.widen=1', '--config.study.depths=(10,)', '--config.train.batch_size=8',
+       '--config.study.budgets=(100000,60000)', '--config.study.copycat_budget=60000'],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert 'reduced wrn_depth depth16' in r.stdout and 'prune-and-tune (l1)' in r.stdout
+  assert 'reduced wrn_depth depth10' in r.stdout and 'prune-and-tune (l1)' in r.stdout
+  assert 'reduced wrn_bottleneck budget60000' in r.stdout
   assert 'estimate from a measured base train step' in r.stdout
   assert not (tmp_path / 'never').exists() and not (tmp_path / 'no_data').exists()
