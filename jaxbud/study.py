@@ -160,6 +160,10 @@ def validate(config, base: spec_lib.Spec, num_classes: int):
     raise UsageError(f'study.seeds has repeats: {tuple(scfg.seeds)}')
   if scfg.bootstrap_samples < 100:
     raise UsageError(f'study.bootstrap_samples must be >= 100, got {scfg.bootstrap_samples}')
+  sizes = tuple(scfg.latency_batch_sizes)
+  if len(sizes) != 2 or not all(isinstance(b, int) and b >= 1 for b in sizes):
+    raise UsageError(f'study.latency_batch_sizes must be two batch sizes (small, large), e.g. '
+                     f'(1, 128); got {sizes}')
 
 
 def _read(path):

@@ -29,7 +29,7 @@ def tiny_study_config():
   # planned in test_cifar_study_dry_run_needs_no_data.
   c.study.update(criteria=('fisher',), budgets=(90_000,), copycat_budget=90_000, seeds=(0,),
                  reduced=('wrn_depth', 'wrn_width'),
-                 depths=(10,), latency_batch_sizes=(1,), latency_repeats=2,
+                 depths=(10,), latency_batch_sizes=(1, 8), latency_repeats=2,
                  bootstrap_samples=500)
   return c
 
@@ -87,6 +87,10 @@ def test_bad_study_settings_are_clear_errors():
   c = tiny_study_config()
   c.study.seeds = (0, 0)
   with pytest.raises(ValueError, match='study.seeds has repeats'):
+    study.plan(c)
+  c = tiny_study_config()
+  c.study.latency_batch_sizes = (1,)
+  with pytest.raises(ValueError, match=r'latency_batch_sizes must be two batch sizes'):
     study.plan(c)
 
 
