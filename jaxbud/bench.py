@@ -331,8 +331,9 @@ def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None
     repl = data = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     devices_used = 1
   batch = jax.device_put(synthetic_batch(batch_size, image_shape, num_classes, seed), data)
-  state = parallel.jit_once(functools.partial(train_lib.create_state, model, tx,
-                                              image_shape=image_shape), out_shardings=repl)(jax.random.key(seed), data_seed=np.uint32(seed))
+  init = parallel.jit_once(functools.partial(train_lib.create_state, model, tx,
+                                             image_shape=image_shape), out_shardings=repl)
+  state = init(jax.random.key(seed), data_seed=np.uint32(seed))
   crop_pad = 4 if spec.family != 'resnet' else 0
   cases = []
   for mode in modes:

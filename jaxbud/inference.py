@@ -140,7 +140,7 @@ def load(path) -> Network:
   def restore(step):
     spec = ckpts.restore_spec(step)
     model = models.build(spec, info['num_classes'], info['dtype'])
-    abstract = jax.eval_shape(lambda k: models.init(model, k, tuple(info['input_shape'])),
+    abstract = jax.eval_shape(lambda k: models.variables(model, k, tuple(info['input_shape'])),
                               jax.random.key(0))
     abstract = {'params': abstract['params'], 'batch_stats': abstract.get('batch_stats', {})}
     return spec, model, ckpts.restore_part(abstract, step)

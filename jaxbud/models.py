@@ -334,12 +334,15 @@ def build(spec: spec_lib.Spec, num_classes: int = 10, dtype=jnp.float32) -> nn.M
   return _MODELS[spec.family](dtype=jnp.dtype(dtype), spec=spec, num_classes=num_classes)
 
 
+def variables(model: nn.Module, key, image_shape) -> dict:
+  """Variables ({'params', 'batch_stats'}) for NHWC images of `image_shape` (H, W, C), traced
+  into the caller's program (inside jit or eval_shape)."""
+  return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))
+
+
 def init(model: nn.Module, key, image_shape) -> dict:
-  """Variables ({'params', 'batch_stats'}) for NHWC images of `image_shape` (H, W, C)."""
-  fn = lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32))
-  if isinstance(key, jax.core.Tracer):  # inside jit/eval_shape: the caller's program
-    return fn(key)
-  return parallel.jit_once(fn)(key)
+  """`variables`, compiled as a program of its own (`parallel.jit_once`)."""
+  return parallel.jit_once(functools.partial(variables, model, image_shape=image_shape))(key)
 
 
 def count(tree) -> int:

@@ -95,7 +95,7 @@ def data_rng(seed):
 
 def create_state(model, tx, key, image_shape, data_seed=0) -> TrainState:
   """Fresh state: parameters initialised from `key`, the data stream seeded by `data_seed`."""
-  variables = models.init(model, key, image_shape)
+  variables = models.variables(model, key, image_shape)
   params, batch_stats = variables['params'], variables.get('batch_stats', {})
   return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params),
                     data_rng(data_seed))

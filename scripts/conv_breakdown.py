@@ -50,7 +50,7 @@ def network_convs(spec, batch: int) -> collections.Counter:
   model = models.build(spec, bench.default_num_classes(spec))
   size = bench.default_image_size(spec)
   x = jnp.zeros((batch, size, size, spec.in_channels), jnp.float32)
-  variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0), x.shape[1:]))
+  variables = jax.eval_shape(lambda: models.variables(model, jax.random.key(0), x.shape[1:]))
   fwd = lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
   jaxpr = jax.make_jaxpr(fwd)(variables, x).jaxpr
   convs = collections.Counter()

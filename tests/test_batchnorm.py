@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxbud import models
+from tests import fast_compile
 
 # (N, H, W, C): k * C about 256 (k = 8 and 2), rows not divisible by k (k halves down to 1),
 # C above 256 (k = 1), and the stem's 3 channels.
@@ -26,12 +27,6 @@ def _pair(shape, dtype=jnp.float32, train=True):
   return x, v, ours, ref
 
 
-def _run(fn, *args):
-  """fn(*args), jitted and compiled without LLVM optimisation: one quick compilation instead
-  of one per op (eager), the same computation."""
-  return jax.jit(fn).lower(*args).compile({'xla_backend_optimization_level': 0})(*args)
-
-
 def test_same_variables_as_flax():
   x = jnp.ones((2, 4, 4, 8))
   ours = models.BatchNorm(momentum=0.9).init(jax.random.key(0), x)
@@ -45,8 +40,9 @@ def test_same_variables_as_flax():
 @pytest.mark.parametrize('shape', SHAPES)
 def test_train_mode_matches_flax(shape):
   x, v, ours, ref = _pair(shape)
-  y, s = _run(lambda v, x: ours.apply(v, x, mutable=['batch_stats']), v, x)
-  y_ref, s_ref = _run(lambda v, x: ref.apply(v, x, mutable=['batch_stats']), v, x)
+  y, s = fast_compile.run(lambda v, x: ours.apply(v, x, mutable=['batch_stats']), v, x)
+  y_ref, s_ref = fast_compile.run(lambda v, x: ref.apply(v, x, mutable=['batch_stats']), v,
+                                  x)
   np.testing.assert_allclose(y, y_ref, rtol=2e-5, atol=2e-5)
   for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(s_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -59,8 +55,9 @@ def test_train_mode_matches_flax(shape):
                         mutable=['batch_stats'])
     return jnp.sum(jnp.sin(y) * w)
 
-  g = _run(lambda p, x: jax.grad(loss, argnums=(1, 2))(ours, p, x), v['params'], x)
-  g_ref = _run(lambda p, x: jax.grad(loss, argnums=(1, 2))(ref, p, x), v['params'], x)
+  grad = lambda module: lambda p, x: jax.grad(loss, argnums=(1, 2))(module, p, x)
+  g = fast_compile.run(grad(ours), v['params'], x)
+  g_ref = fast_compile.run(grad(ref), v['params'], x)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
 
@@ -100,8 +97,9 @@ def test_statistics_cotangents_are_exact():
     return jnp.sum(y * w) + jnp.sum(mean * a) + jnp.sum(var * b)
 
   ours = lambda x, s, c: models.batch_norm_train(x, s, c, 1e-5)
-  g = _run(lambda *a: jax.grad(loss, argnums=(1, 2, 3))(ours, *a), x, scale, bias)
-  g_ref = _run(lambda *a: jax.grad(loss, argnums=(1, 2, 3))(ref, *a), x, scale, bias)
+  grad = lambda f: lambda *a: jax.grad(loss, argnums=(1, 2, 3))(f, *a)
+  g = fast_compile.run(grad(ours), x, scale, bias)
+  g_ref = fast_compile.run(grad(ref), x, scale, bias)
   for p, q in zip(g, g_ref):
     np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5)
 
@@ -135,11 +133,9 @@ def test_plain_xla_switch_gives_the_same_network_with_flax_code():
                          gates=g, mutable=['batch_stats'])
     return jnp.sum(y ** 2), upd
 
-  def grads():  # traced afresh each time (the switch acts at trace time); compiled without
-    # LLVM optimisation: one quick compilation instead of one per op
-    fn = jax.jit(lambda p, g: jax.grad(loss, argnums=(0, 1), has_aux=True)(p, g))
-    return fn.lower(v['params'], gates).compile({'xla_backend_optimization_level': 0})(
-        v['params'], gates)
+  def grads():  # traced afresh each time: the switch acts at trace time
+    return fast_compile.run(lambda p, g: jax.grad(loss, argnums=(0, 1), has_aux=True)(p, g),
+                            v['params'], gates)
 
   def jaxpr():  # a new function each time: jax caches traces per function
     return str(jax.make_jaxpr(lambda p, g: loss(p, g))(v['params'], gates))

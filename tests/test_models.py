@@ -15,6 +15,7 @@ import pytest
 
 from jaxbud import models as M
 from jaxbud import spec as S
+from tests import fast_compile
 
 KEY = jax.random.key(0)
 IMG8, IMG16, IMG32 = (8, 8, 3), (16, 16, 3), (32, 32, 3)
@@ -64,14 +65,10 @@ def _variables(spec, image_shape, num_classes=10, dtype=jnp.float32, seed=0):
   return model, jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-# XLA's CPU backend compiles ~2.5x faster without LLVM optimisation; the computation is the same.
-FAST_COMPILE = {'xla_backend_optimization_level': 0}
-
-
 def _compile(fn, *args, **kwargs):
-  """fn jitted and compiled with FAST_COMPILE for the shapes and dtypes of the arguments."""
+  """fn jitted and compiled with fast_compile.OPTIONS for the shapes and dtypes of the arguments."""
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (args, kwargs))
-  return jax.jit(fn).lower(*abstract[0], **abstract[1]).compile(FAST_COMPILE)
+  return jax.jit(fn).lower(*abstract[0], **abstract[1]).compile(fast_compile.OPTIONS)
 
 
 @functools.cache

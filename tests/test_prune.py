@@ -11,6 +11,7 @@ from jaxbud import models
 from jaxbud import prune
 from jaxbud import spec as spec_lib
 from jaxbud import train
+from tests import fast_compile
 
 
 def random_scores(spec, seed=0):
@@ -99,11 +100,8 @@ def test_compacted_network_gives_the_masked_networks_logits(spec, shape, n_remov
                                  train=True, mutable=['batch_stats'])
     return masked, compact, m_train, c_train
 
-  # One compilation per network instead of one per op, without LLVM optimisation (the same
-  # computation, compiled several times faster; it runs on three images).
-  gates = masks_from(spec, keep)
-  masked, compact, m_train, c_train = jax.jit(both).lower(state, small, gates).compile(
-      {'xla_backend_optimization_level': 0})(state, small, gates)
+  masked, compact, m_train, c_train = fast_compile.run(both, state, small,
+                                                       masks_from(spec, keep))
   np.testing.assert_allclose(compact, masked, atol=2e-5, rtol=1e-4)
   # Train mode (batch statistics) is exact too, except that deep post-activation BN over three
   # 1x1 images (ResNet) amplifies float rounding; eval mode covers it.
@@ -169,9 +167,8 @@ def test_fisher_saliency_equals_the_direct_per_example_computation():
 
   w = spec.prunable[1]
   delta = jnp.zeros((8, 4, 4, w))
-  # Jitted without LLVM optimisation: one quick compilation instead of one per op.
-  (_, a), dl_da = jax.jit(jax.value_and_grad(loss_given_activation_offset, has_aux=True)).lower(
-      delta).compile({'xla_backend_optimization_level': 0})(delta)
+  (_, a), dl_da = fast_compile.run(
+      jax.value_and_grad(loss_given_activation_offset, has_aux=True), delta)
   g = jnp.sum(a * dl_da, axis=(1, 2))  # (N, C): per-example gradient wrt the channel gate
   expected = 0.5 * jnp.mean(g ** 2, axis=0)
   np.testing.assert_allclose(ps2.saliency[name], expected, rtol=1e-4, atol=1e-12)
@@ -207,10 +204,8 @@ def test_prune_step_with_the_custom_vjp_gate_equals_autodiff_of_the_product(spec
   ps = ps.replace(mask=mask, saliency=jax.tree.map(lambda m: m * 0 + 0.25, mask))
 
   def run():  # a fresh step each time: gates are looked up while jit traces it
-    step = prune.make_prune_step(model, tx, ds, crop_pad=0, flip=False)
-    # LLVM optimisation off: ~2x faster to compile on CPU, the same computation.
-    return jax.jit(step).lower(ps, batch).compile({'xla_backend_optimization_level': 0})(
-        ps, batch)
+    return fast_compile.run(prune.make_prune_step(model, tx, ds, crop_pad=0, flip=False),
+                            ps, batch)
 
   new, new_metrics = run()
   monkeypatch.setattr(models, 'apply_gate', _product_gate)
