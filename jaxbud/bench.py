@@ -305,16 +305,6 @@ def time_inference(networks, batch_sizes, *, repeats: int = 10, warmup: int = 1,
   return out
 
 
-def step_seconds(spec, batch_size: int, dtype: str, image_size: int, num_classes: int,
-                 repeats: int = 3) -> float:
-  """Median seconds of one jitted training step (this harness's `train` mode): what a run of
-  this network costs per step on this device, e.g. to plan a study."""
-  cases, _ = _cases(spec, ('train',), batch_size, dtype, image_size, num_classes,
-                    resolve_xla_options('') or None)
-  time_round_robin(cases, repeats)
-  return statistics.median(cases[0].times)
-
-
 def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None, seed=0):
   """Builds and AOT-compiles every requested mode for one (spec, batch, dtype)."""
   image_shape = (image_size, image_size, spec.in_channels)

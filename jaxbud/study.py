@@ -29,14 +29,17 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import time
 
 import jax
+import numpy as np
 
-from jaxbud import bench
+from jaxbud import input_pipeline
 from jaxbud import criteria
 from jaxbud import data as data_lib
 from jaxbud import metrics as metrics_lib
+from jaxbud import parallel
 from jaxbud import prune_tune
 from jaxbud import spec as spec_lib
 from jaxbud import train as train_lib
@@ -259,13 +262,38 @@ def format_plan(rows, step_seconds, device: str) -> str:
   return '\n'.join(lines)
 
 
-def measure_step(config) -> float:
-  """Median seconds of one training step of the base network on this device (synthetic data)."""
-  _, image_shape, nc = data_lib.describe(config.data.name, config.data.image_size,
-                                         config.data.get('synthetic'))
-  base = _base_spec(config, image_shape[-1])
-  return bench.step_seconds(base, config.train.batch_size, config.model.dtype, image_shape[0],
-                            nc)
+def measure_step(ts: train_lib.TrainSetup, repeats: int = 3) -> float:
+  """Median seconds of one step of `ts`'s own jitted training step on this device.
+
+  The batch is random bytes of the dataset's shape (a step's time does not depend on pixel
+  values). The step is the one `ts.functions` keeps, so the base run that trains from `ts`
+  afterwards neither traces nor compiles it again.
+  """
+  cfg, ds = ts.config, ts.dataset
+  mesh = parallel.make_mesh()
+  init, step, _ = ts.functions(mesh)
+  state = init(jax.random.key(cfg.seed, impl='rbg'), data_seed=np.uint32(cfg.seed))
+  rng = np.random.default_rng(0)
+  n = cfg.train.batch_size
+  batch = parallel.put_batch(mesh, input_pipeline.local_rows({
+      'image': rng.integers(0, 256, (n, *ds.image_shape), np.uint8),
+      'label': rng.integers(0, ds.num_classes, n).astype(np.int32)}))
+  times = []
+  for _ in range(repeats + 1):  # the first call compiles
+    t = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times[1:])
+
+
+def _shape_only_setup(config) -> train_lib.TrainSetup:
+  """The training setup of `config` on random data of its dataset's shape (nothing loaded)."""
+  n_train, image_shape, nc = data_lib.describe(config.data.name, config.data.image_size,
+                                                config.data.get('synthetic'))
+  ds = data_lib.synthetic(train_size=n_train, test_size=1, image_size=image_shape[0],
+                          channels=image_shape[-1], num_classes=nc)
+  return train_lib.setup(config, ds)
 
 
 # -- running -------------------------------------------------------------------------------
@@ -284,7 +312,9 @@ class Study:
     self.base_macs = spec_lib.count_macs(self.base_spec, self.size, self.nc)
     self.rows = []      # one dict per arm point (see _row)
     self._runs = {}     # (spec json, seed, schedule) -> (run dir, the point that owns it)
-    self._setups = {}   # (spec json, schedule) -> TrainSetup shared by the seeds (jitted once)
+    # (spec json, schedule) -> TrainSetup shared by the seeds (jitted once); the base network's
+    # is self.ts, whose train step measure_step has compiled already.
+    self._setups = {(self.base_spec.to_json(), 1.0): self.ts}
     self._done, self._total, self._t0 = 0, 0, time.perf_counter()
 
   # -- runs -------------------------------------------------------------------------------
@@ -439,12 +469,14 @@ def run_study(config, workdir: str, log=print) -> dict:
   from jaxbud import report  # pylint: disable=g-import-not-at-top
   rows = plan(config)  # validates the study settings before anything is measured or written
   device = jax.devices()[0].device_kind
-  step_s = measure_step(config)
+  # A real study measures the step its base run will use (compiled once for both); a dry run
+  # loads no data and measures the same step on data of the same shape.
+  study = None if config.study.dry_run else Study(config, workdir)
+  step_s = measure_step(study.ts if study else _shape_only_setup(config))
   text = format_plan(plan(config, step_s), step_s, device)
   log(f'study plan ({config.data.name}, {config.model.family}):\n{text}')
   if config.study.dry_run:
     return {'plan': rows, 'step_seconds': step_s, 'text': text}
-  study = Study(config, workdir)
   metrics_lib.make_workdir(workdir)
   if config.study.compilation_cache:
     use_compilation_cache(os.path.join(workdir, 'jax_cache'))

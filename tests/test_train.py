@@ -38,6 +38,29 @@ def test_digits_split_is_fixed_and_stratified():
   assert np.bincount(d.test_labels).min() >= 35  # stratified: every class ~36 times
 
 
+def test_digits_are_scikit_learns_arrays_and_split_without_importing_it():
+  from sklearn import datasets as skd  # pylint: disable=g-import-not-at-top
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  raw = skd.load_digits()
+  images = np.round(raw.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  want = model_selection.train_test_split(images, raw.target.astype(np.int32), test_size=0.2,
+                                          random_state=0, stratify=raw.target)
+  d = data_lib.digits()
+  for a, b in zip((d.train_images, d.test_images, d.train_labels, d.test_labels), want):
+    np.testing.assert_array_equal(a, b)
+  # The split itself, on label sets with uneven classes and ties to break, other fractions
+  # and seeds.
+  rng = np.random.default_rng(0)
+  for n, classes, fraction, seed in ((50, 3, 0.3, 1), (101, 7, 0.25, 5), (333, 10, 0.1, 42)):
+    labels = rng.integers(0, classes, n)
+    idx = np.arange(n)
+    tr, te = model_selection.train_test_split(idx, test_size=fraction, random_state=seed,
+                                              stratify=labels)
+    mine = data_lib.stratified_split(labels, fraction, seed)
+    np.testing.assert_array_equal(mine[0], tr)
+    np.testing.assert_array_equal(mine[1], te)
+
+
 def test_unknown_dataset_is_a_value_error():
   with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; expected one of"):
     data_lib.load('mnist')

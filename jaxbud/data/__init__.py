@@ -5,7 +5,9 @@ accelerator inside the jitted step (see jaxbud.augment), so a dataset here is ju
 the per-channel statistics used to normalise them.
 """
 import dataclasses
+import importlib.util
 import math
+import os
 
 import numpy as np
 
@@ -77,18 +79,67 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
   """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), no download.
 
   Pixel values 0..16 are scaled to uint8 0..255 (x * 255 / 16, rounded). The split is a fixed
-  stratified one (sklearn's train_test_split, test_fraction=0.2, random_state=0): 1,437 train
-  and 360 test images.
+  stratified one, scikit-learn's train_test_split(test_size=0.2, random_state=0,
+  stratify=labels): 1,437 train and 360 test images. Both are read without importing
+  scikit-learn, which takes seconds (every launcher process would pay them): the file is read
+  from the installed package and the split is `stratified_split`.
   """
-  from sklearn import datasets as skd  # pylint: disable=g-import-not-at-top
-  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
-  raw = skd.load_digits()
-  images = np.round(raw.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-  labels = raw.target.astype(np.int32)
-  tr_x, te_x, tr_y, te_y = model_selection.train_test_split(
-      images, labels, test_size=test_fraction, random_state=seed, stratify=labels)
+  images, labels = _digits_arrays()
+  images = np.round(images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  train, test = stratified_split(labels, test_fraction, seed)
+  tr_x, te_x, tr_y, te_y = images[train], images[test], labels[train], labels[test]
   mean, std = channel_stats(tr_x)
   return Dataset('digits', tr_x, tr_y, te_x, te_y, 10, mean, std)
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+  """(float64 (1797, 8, 8) images 0..16, int32 labels), as sklearn.datasets.load_digits."""
+  spec = importlib.util.find_spec('sklearn')  # finds the package without importing it
+  path = (os.path.join(spec.submodule_search_locations[0], 'datasets', 'data', 'digits.csv.gz')
+          if spec and spec.submodule_search_locations else '')
+  if not os.path.exists(path):  # another layout: ask scikit-learn itself
+    from sklearn import datasets as skd  # pylint: disable=g-import-not-at-top
+    raw = skd.load_digits()
+    return raw.images, raw.target.astype(np.int32)
+  raw = np.loadtxt(path, delimiter=',')  # what load_digits reads: 64 pixels and the label
+  return raw[:, :-1].reshape(-1, 8, 8), raw[:, -1].astype(np.int32)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(train, test) indices of scikit-learn's train_test_split(test_size=test_fraction,
+  random_state=seed, stratify=labels), index for index: its StratifiedShuffleSplit drawn with
+  the same numpy RandomState calls in the same order (tests/test_train.py checks it against
+  scikit-learn)."""
+  n_test = math.ceil(test_fraction * len(labels))
+  _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+  members = np.split(np.argsort(inverse, kind='stable'), np.cumsum(counts)[:-1])
+  rng = np.random.RandomState(seed)
+  n_train = _approximate_mode(counts, len(labels) - n_test, rng)
+  n_test = _approximate_mode(counts - n_train, n_test, rng)
+  train, test = [], []
+  for idx, count, a, b in zip(members, counts, n_train, n_test):
+    shuffled = idx.take(rng.permutation(count), mode='clip')
+    train.extend(shuffled[:a])
+    test.extend(shuffled[a:a + b])
+  return rng.permutation(train), rng.permutation(test)
+
+
+def _approximate_mode(counts: np.ndarray, draws: int, rng) -> np.ndarray:
+  """Per-class draws near the hypergeometric mode, ties broken by `rng` (scikit-learn's
+  sklearn.utils.extmath._approximate_mode)."""
+  continuous = counts / counts.sum() * draws
+  floored = np.floor(continuous)
+  need = int(draws - floored.sum())
+  remainder = continuous - floored
+  for value in np.sort(np.unique(remainder))[::-1]:
+    if need <= 0:
+      break
+    (inds,) = np.where(remainder == value)
+    add = min(len(inds), need)
+    floored[rng.choice(inds, size=add, replace=False)] += 1
+    need -= add
+  return floored.astype(int)
 
 
 class SyntheticImages:
