@@ -124,7 +124,7 @@ def test_plain_xla_switch_gives_the_same_network_with_flax_code():
   """models.plain_xla: flax's BatchNorm and jnp.sum in place of the CPU-tuned pieces."""
   from jaxbud import spec as spec_lib  # pylint: disable=import-outside-toplevel
   model = models.build(spec_lib.wrn(10, 1))
-  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  x = np.random.default_rng(0).standard_normal((4, 8, 8, 3), np.float32)
   v = models.init(model, jax.random.key(1), (8, 8, 3))
   gates = {'block0/conv1': jnp.full((4, 16), 0.5)}
 
