@@ -27,7 +27,7 @@ c = prune_digits.get_config()
 c.model.update(depth=10, widen=1.0)
 c.train.update(epochs=2, eval_batch_size=360)
 c.prune.update(base_workdir=base, prune_every=3, rounds=12, budgets=(70_000,),
-               compact_every=6, stop_after_last_budget=False, checkpoint_every_rounds=12)
+               compact_every=12, stop_after_last_budget=False, checkpoint_every_rounds=12)
 final = train.train_and_evaluate(c, base)  # trained by the first run, reused by the second
 summary = prune_tune.prune_and_tune(c, workdir + '/prune')
 c.train.batch_size = 126

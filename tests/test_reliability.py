@@ -144,7 +144,7 @@ def base(tmp_path_factory):
   return workdir
 
 
-PRUNE = dict(prune_every=3, rounds=30, budgets=(70_000, 60_000), compact_every=8,
+PRUNE = dict(prune_every=3, rounds=30, budgets=(70_000, 60_000), compact_every=15,
              log_every_rounds=2, checkpoint_every_rounds=5, stop_after_last_budget=False,
              eval_every_rounds=4)
 
