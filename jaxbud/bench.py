@@ -249,6 +249,17 @@ def pipelined_seconds(fn, args: tuple, steps: int, stateful: bool) -> tuple[floa
   return (time.perf_counter() - t) / steps, args
 
 
+def pipelined_median(fn, args: tuple, steps: int, repeats: int) -> float:
+  """Median seconds per call of a stateful `fn` over `repeats` runs of `pipelined_seconds`
+  (`steps` calls each), after one untimed run of max(1, steps // 4) calls that compiles."""
+  _, args = pipelined_seconds(fn, args, max(1, steps // 4), stateful=True)
+  times = []
+  for _ in range(repeats):
+    secs, args = pipelined_seconds(fn, args, steps, stateful=True)
+    times.append(secs)
+  return statistics.median(times)
+
+
 def infer_case(model, variables, mean, std, images, options=None) -> _Case:
   """The AOT-compiled eval-mode forward pass (normalisation included) on uint8 `images`."""
 

@@ -15,14 +15,11 @@
 `project(result, config)` turns the measured rates into the wall time of the runs `config`
 describes (a study config: its train, prune and study sections).
 """
-import functools
 import math
 import os
-import statistics
 import time
 
 import jax
-import numpy as np
 
 from jaxbud import bench
 from jaxbud import input_pipeline
@@ -41,16 +38,6 @@ def _compile(fn, args, donate=()):
   return compiled, time.perf_counter() - start
 
 
-def _pipelined(compiled, args, steps, repeats):
-  """Median seconds per call over `repeats` pipelined runs (one untimed run first)."""
-  _, args = bench.pipelined_seconds(compiled, args, max(1, steps // 4), stateful=True)
-  times = []
-  for _ in range(repeats):
-    secs, args = bench.pipelined_seconds(compiled, args, steps, stateful=True)
-    times.append(secs)
-  return statistics.median(times)
-
-
 def steady_rate(records: list[dict]) -> tuple[float, int, int] | None:
   """(steps per second, first step, last step) between the first and last logged steps of a
   run's metrics.jsonl records (see the module docstring); None with fewer than two."""
@@ -65,11 +52,7 @@ def bare_steps(ts: train_lib.TrainSetup, steps: int, repeats: int) -> dict:
   """Compile and pipelined times of the run's bare train step and Fisher prune step."""
   config, ds = ts.config, ts.dataset
   mesh = parallel.make_mesh()
-  init = parallel.jit_once(functools.partial(train_lib.create_state, ts.model, ts.tx,
-                                             image_shape=ds.image_shape),
-                           out_shardings=parallel.replicated(mesh))
-  new_state = lambda: init(jax.random.key(config.seed, impl='rbg'),
-                           data_seed=np.uint32(config.seed))
+  new_state = lambda: ts.initial_state(mesh)
   _, batch = next(input_pipeline.train_batches(config, ds, seed=config.seed,
                                                batch_size=config.train.batch_size, start=0,
                                                stop=1, mesh=mesh))
@@ -79,12 +62,12 @@ def bare_steps(ts: train_lib.TrainSetup, steps: int, repeats: int) -> dict:
   state = new_state()
   step, out['train_compile_s'] = _compile(
       train_lib.make_train_step(ts.model, ts.tx, ds, **kw), (state, batch), donate=0)
-  out['train_step_s'] = _pipelined(step, (state, batch), steps, repeats)
+  out['train_step_s'] = bench.pipelined_median(step, (state, batch), steps, repeats)
   del step
   ps = jax.jit(prune.init_prune_state, static_argnums=1)(new_state(), ts.spec)
   step, out['fisher_compile_s'] = _compile(
       prune.make_prune_step(ts.model, ts.tx, ds, fisher=True, **kw), (ps, batch), donate=0)
-  out['fisher_step_s'] = _pipelined(step, (ps, batch), steps, repeats)
+  out['fisher_step_s'] = bench.pipelined_median(step, (ps, batch), steps, repeats)
   out['fisher_vs_train'] = out['fisher_step_s'] / out['train_step_s']
   # One evaluation pass over the test split: the first pass compiles, the second is timed.
   eval_step = parallel.jit(train_lib.make_eval_step(ts.model, ds),

@@ -29,15 +29,14 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 import time
 
 import jax
-import numpy as np
 
-from jaxbud import input_pipeline
+from jaxbud import bench
 from jaxbud import criteria
 from jaxbud import data as data_lib
+from jaxbud import input_pipeline
 from jaxbud import metrics as metrics_lib
 from jaxbud import parallel
 from jaxbud import prune_tune
@@ -269,22 +268,12 @@ def measure_step(ts: train_lib.TrainSetup, repeats: int = 3) -> float:
   values). The step is the one `ts.functions` keeps, so the base run that trains from `ts`
   afterwards neither traces nor compiles it again.
   """
-  cfg, ds = ts.config, ts.dataset
+  ds = ts.dataset
   mesh = parallel.make_mesh()
-  init, step, _ = ts.functions(mesh)
-  state = init(jax.random.key(cfg.seed, impl='rbg'), data_seed=np.uint32(cfg.seed))
-  rng = np.random.default_rng(0)
-  n = cfg.train.batch_size
-  batch = parallel.put_batch(mesh, input_pipeline.local_rows({
-      'image': rng.integers(0, 256, (n, *ds.image_shape), np.uint8),
-      'label': rng.integers(0, ds.num_classes, n).astype(np.int32)}))
-  times = []
-  for _ in range(repeats + 1):  # the first call compiles
-    t = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times[1:])
+  batch = bench.synthetic_batch(ts.config.train.batch_size, ds.image_shape, ds.num_classes)
+  batch = parallel.put_batch(mesh, input_pipeline.local_rows(batch))
+  return bench.pipelined_median(ts.functions(mesh)[1], (ts.initial_state(mesh), batch), 1,
+                                repeats)
 
 
 def _shape_only_setup(config) -> train_lib.TrainSetup:
