@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import json
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -135,6 +136,32 @@ def _flops(compiled) -> float | None:
     ca = ca[0] if ca else {}
   flops = (ca or {}).get('flops')
   return float(flops) if flops is not None and flops >= 0 else None
+
+
+def host_cpu() -> str:
+  """The host CPU's model name with its family and model numbers, from /proc/cpuinfo (Linux),
+  else platform.processor(). XLA:CPU compiles for the host's instruction set, so two CPUs
+  that share a model name can round differently: the numbers tell them apart."""
+  fields = {}
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        if not key.strip():
+          break  # the first processor's block is enough
+        fields.setdefault(key.strip(), value.strip())
+  except OSError:
+    pass
+  name = fields.get('model name') or platform.processor() or platform.machine()
+  if 'cpu family' in fields and 'model' in fields:
+    name += f' (family {fields["cpu family"]}, model {fields["model"]})'
+  return name
+
+
+def platform_name() -> str:
+  """The device kind, with the host CPU when it computes on the CPU."""
+  kind = jax.devices()[0].device_kind
+  return f'{kind}, {host_cpu()}' if jax.devices()[0].platform == 'cpu' else kind
 
 
 def parse_xla_options(text: str) -> dict:

@@ -12,7 +12,6 @@ untimed one), medians with the min-max spread, the device recorded. Weights are 
 initialisation and the images random uint8; neither changes the time.
 """
 import os
-import platform
 import statistics
 import time
 
@@ -40,18 +39,6 @@ class _OrtCase:
     t = time.perf_counter()
     self.session.run(None, self.feed)
     return time.perf_counter() - t
-
-
-def cpu_model() -> str:
-  """The CPU's model name (Linux), else platform.processor()."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def _network(spec, image_size, num_classes) -> inference.Network:
@@ -106,7 +93,7 @@ def bench_spec(named: bench.NamedSpec, *, batch_sizes=(1, 128), repeats: int = 1
           'vs_xla': med / xla_median, 'max_abs_logit_diff': max_diff,
           'repeats': repeats, 'warmup': warmup, 'primed': primed,
           'device_kind': jax.devices()[0].device_kind, 'backend': jax.default_backend(),
-          'cpu': cpu_model(), 'cpu_count': os.cpu_count(),
+          'cpu': bench.host_cpu(), 'cpu_count': os.cpu_count(),
           'ort_provider': 'CPUExecutionProvider', 'ort_version': ort.__version__,
           'onnx_opset': opset, 'jax_version': jax.__version__,
           'xla_options': bench.describe_xla_options(options or {}),

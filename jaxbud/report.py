@@ -82,7 +82,7 @@ def add_latency(rows, config, dataset, cache_path=None):
     with open(cache_path, 'w') as f:
       json.dump(cache, f, indent=1)
   metrics_lib.log(f'latency measured for {len(todo)} networks on '
-                  f'{jax.devices()[0].device_kind} ({len(rows) - len(todo)} reused)')
+                  f'{bench.platform_name()} ({len(rows) - len(todo)} reused)')
 
 
 # -- comparisons ---------------------------------------------------------------------------
@@ -346,10 +346,13 @@ def write(rows, workdir, config, dataset) -> dict:
         f'(a minus b) with a 95% paired bootstrap interval over test images and seeds '
         f'({scfg.bootstrap_samples:,} samples), and the verdict on the claim "a is better". '
         f'Latency: `jaxbud.bench`, trained weights, {config.model.dtype}, median of '
-        f'{scfg.latency_repeats} on {jax.devices()[0].device_kind}; "faster" needs the '
+        f'{scfg.latency_repeats}; "faster" needs the '
         'difference of medians to exceed the larger interquartile range. Training compute: 3 x '
         'forward MACs per training image (base network plus prune run up to the snapshot for '
         'pruned networks).', '',
+        f'Machine: {bench.platform_name()}; jax {jax.__version__}. A re-run on the same '
+        'platform gives the same test errors and architectures; on another CPU kind they differ '
+        'by rounding (docs/study.md, "Reproducibility").', '',
         '## Research questions (computed from this run)', '', research_questions(answers),
         '## Results', '', table(rows), '## Plots', '',
         '![test error vs parameters](error_vs_params.png)', '',

@@ -457,7 +457,7 @@ def run_study(config, workdir: str, log=print) -> dict:
   whole study and writes its report. Returns the report's facts (or the plan)."""
   from jaxbud import report  # pylint: disable=g-import-not-at-top
   rows = plan(config)  # validates the study settings before anything is measured or written
-  device = jax.devices()[0].device_kind
+  device = bench.platform_name()
   # A real study measures the step its base run will use (compiled once for both); a dry run
   # loads no data and measures the same step on data of the same shape.
   study = None if config.study.dry_run else Study(config, workdir)

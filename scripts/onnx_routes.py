@@ -118,7 +118,7 @@ def main():
   args = p.parse_args()
   routes = [r for r, (_, module) in ROUTES.items() if _available(module)]
   print(f'routes available: {routes}; jax {jax.__version__}, onnxruntime {ort.__version__}, '
-        f'opset {args.opset}, {bench_runtime.cpu_model()}')
+        f'opset {args.opset}, {bench.host_cpu()}')
   rows = []
   for text in args.specs.split(','):
     named = bench.parse_spec(text)

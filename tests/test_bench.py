@@ -214,3 +214,18 @@ def test_rows_with_pipelined_timing():
   off = bench.bench_spec(bench.parse_spec('wrn-10-1'), batch_sizes=(2,), modes=('infer',),
                          repeats=1, warmup=0, image_size=8, log=None)
   assert off[0]['pipelined_s'] is None and off[0]['pipelined_images_per_s'] is None
+
+
+def test_host_cpu_names_the_model_and_its_numbers(tmp_path, monkeypatch):
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n'
+                     'model\t\t: 2\nmodel name\t: AMD EPYC\n\nprocessor\t: 1\n'
+                     'model name\t: other\n')
+  real_open = open
+  monkeypatch.setattr('builtins.open', lambda f, *a, **k: real_open(
+      cpuinfo if f == '/proc/cpuinfo' else f, *a, **k))
+  assert bench.host_cpu() == 'AMD EPYC (family 26, model 2)'
+  assert bench.platform_name() == 'cpu, AMD EPYC (family 26, model 2)'
+  monkeypatch.setattr('builtins.open', lambda *a, **k: (_ for _ in ()).throw(OSError('no')))
+  monkeypatch.setattr('platform.processor', lambda: 'x86_64')
+  assert bench.host_cpu() == 'x86_64'

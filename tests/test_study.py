@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from configs import study_digits
+from jaxbud import bench
 from jaxbud import spec as spec_lib
 from jaxbud import stats
 from jaxbud import study
@@ -187,6 +188,8 @@ def test_report_states_interval_verdict_and_evidence_for_every_comparison(tiny):
                             'contradicted' if c['lo'] > 0 else 'inconclusive')
     assert c['diff'] == pytest.approx(c['error_a'] - c['error_b'], abs=1e-6)
   report = open(workdir / 'report.md').read()
+  # The platform, down to the CPU model: another CPU kind rounds differently.
+  assert f'Machine: {bench.platform_name()}; jax ' in report
   for rq in ('RQ1', 'RQ2', 'RQ3', 'RQ4', 'RQ5'):
     assert f'**{rq}.**' in report
   assert report.count('(360 test images; 1 vs 1 run)') == len(paired)
