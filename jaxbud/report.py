@@ -350,9 +350,10 @@ def write(rows, workdir, config, dataset) -> dict:
         'difference of medians to exceed the larger interquartile range. Training compute: 3 x '
         'forward MACs per training image (base network plus prune run up to the snapshot for '
         'pruned networks).', '',
-        f'Machine: {bench.platform_name()}; jax {jax.__version__}. A re-run on the same '
-        'platform gives the same test errors and architectures; on another CPU kind they differ '
-        'by rounding (docs/study.md, "Reproducibility").', '',
+        f'Machine: {bench.platform_name()}; jax {jax.__version__}.' + (
+            ' A re-run on the same CPU kind gives the same test errors and architectures; on '
+            'another CPU kind they differ by rounding (docs/study.md, "Reproducibility").'
+            if jax.default_backend() == 'cpu' else ''), '',
         '## Research questions (computed from this run)', '', research_questions(answers),
         '## Results', '', table(rows), '## Plots', '',
         '![test error vs parameters](error_vs_params.png)', '',
