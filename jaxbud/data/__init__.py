@@ -196,31 +196,83 @@ def synthetic(train_size: int = 50_000, test_size: int = 10_000, image_size: int
                  num_classes, (127.5,) * channels, (std,) * channels)
 
 
-NAMES = ('digits', 'cifar10', 'cifar100', 'imagenet2012', 'synthetic')
+NAMES = ('digits', 'cifar10', 'cifar100', 'fashion_mnist', 'imagenet2012', 'synthetic')
 # (training images, image shape, classes) of each dataset, known without loading it.
 _SHAPES = {'digits': (1437, (8, 8, 1), 10), 'cifar10': (50_000, (32, 32, 3), 10),
-           'cifar100': (50_000, (32, 32, 3), 100), 'imagenet2012': (1_281_167, None, 1000)}
+           'cifar100': (50_000, (32, 32, 3), 100), 'fashion_mnist': (60_000, (28, 28, 1), 10),
+           'imagenet2012': (1_281_167, None, 1000)}
+# Datasets held as uint8 arrays in memory: the ones `downsample` applies to.
+_IN_MEMORY = ('digits', 'cifar10', 'cifar100', 'fashion_mnist')
 
 
-def describe(name: str, image_size: int = 224,
-             synthetic_options: dict | None = None) -> tuple[int, tuple[int, int, int], int]:
-  """(training images, (H, W, C), classes) of dataset `name`, without loading it."""
+def describe(name: str, image_size: int = 224, synthetic_options: dict | None = None,
+             downsample: int = 1) -> tuple[int, tuple[int, int, int], int]:
+  """(training images, (H, W, C), classes) of dataset `name`, without loading it.
+
+  The shape is the one `load` returns with the same `downsample`, which is checked here.
+  """
+  if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
+    raise UsageError(f'data.downsample must be an integer >= 1, got {downsample!r}')
   if name == 'synthetic':
     o = {**SYNTHETIC_DEFAULTS, **(synthetic_options or {})}
-    return o['train_size'], (o['image_size'], o['image_size'], o['channels']), o['num_classes']
-  if name not in _SHAPES:
+    n, shape, classes = (o['train_size'], (o['image_size'], o['image_size'], o['channels']),
+                         o['num_classes'])
+  elif name in _SHAPES:
+    n, shape, classes = _SHAPES[name]
+    shape = shape or (image_size, image_size, 3)
+  else:
     raise UsageError(f'unknown dataset {name!r}; expected one of {list(NAMES)}')
-  n, shape, classes = _SHAPES[name]
-  return n, shape or (image_size, image_size, 3), classes
+  if downsample == 1:
+    return n, shape, classes
+  if name not in _IN_MEMORY:
+    raise UsageError(
+        f'data.downsample={downsample} applies to the in-memory datasets {list(_IN_MEMORY)}, '
+        f'not {name!r}; set its image size instead (data.image_size, or '
+        'data.synthetic.image_size) and leave data.downsample at 1')
+  h, w, c = shape
+  if h % downsample or w % downsample:
+    side = math.gcd(h, w)
+    divisors = [f for f in range(1, side + 1) if side % f == 0]
+    raise UsageError(f'data.downsample={downsample} does not divide the {h}x{w} images of '
+                     f'{name}; use one of {divisors}')
+  return n, (h // downsample, w // downsample, c), classes
+
+
+def mean_pool(images: np.ndarray, factor: int) -> np.ndarray:
+  """f x f mean pooling of uint8 NHWC images, rounded half up to uint8 (for f = 2 and 4 the
+  same as Pillow's Image.reduce). H and W must divide by f."""
+  n, h, w, c = images.shape
+  out = np.empty((n, h // factor, w // factor, c), np.uint8)
+  area = factor * factor
+  for start in range(0, n, 4096):  # chunks: no uint32 copy of the whole set
+    x = images[start:start + 4096].astype(np.uint32)
+    sums = x.reshape(len(x), h // factor, factor, w // factor, factor, c).sum((2, 4))
+    out[start:start + 4096] = (sums + area // 2) // area
+  return out
 
 
 def load(name: str, data_dir: str | None = None, manual_dir: str | None = None,
-         image_size: int = 224, synthetic_options=None) -> Dataset:
-  """Loads a dataset by name. CIFAR and ImageNet come through tfds (see jaxbud.data.tfds_data).
+         image_size: int = 224, synthetic_options=None, downsample: int = 1) -> Dataset:
+  """Loads a dataset by name. CIFAR and ImageNet come through tfds (see jaxbud.data.tfds_data),
+  Fashion-MNIST too (see jaxbud.data.fashion).
 
   'synthetic' takes its sizes from `synthetic_options` (a mapping with keys of
   `SYNTHETIC_DEFAULTS`, e.g. a config's data.synthetic section; missing keys keep the defaults).
+  `downsample` f > 1 shrinks the images of an in-memory dataset (digits, CIFAR, Fashion-MNIST)
+  by f x f mean pooling (`mean_pool`); mean/std are those of the pooled training images.
   """
+  describe(name, image_size, synthetic_options, downsample)  # bad name or factor: fail first
+  dataset = _load(name, data_dir, manual_dir, image_size, synthetic_options)
+  if downsample == 1:
+    return dataset
+  train_x = mean_pool(dataset.train_images, downsample)
+  mean, std = channel_stats(train_x)
+  return dataclasses.replace(dataset, train_images=train_x,
+                             test_images=mean_pool(dataset.test_images, downsample),
+                             mean=mean, std=std)
+
+
+def _load(name, data_dir, manual_dir, image_size, synthetic_options) -> Dataset:
   if name == 'digits':
     return digits()
   if name == 'synthetic':
@@ -233,6 +285,9 @@ def load(name: str, data_dir: str | None = None, manual_dir: str | None = None,
   if name in ('cifar10', 'cifar100'):
     from jaxbud.data import tfds_data  # pylint: disable=g-import-not-at-top
     return tfds_data.cifar(name, data_dir=data_dir, manual_dir=manual_dir)
+  if name == 'fashion_mnist':
+    from jaxbud.data import fashion  # pylint: disable=g-import-not-at-top
+    return fashion.fashion_mnist(data_dir=data_dir, manual_dir=manual_dir)
   if name == 'imagenet2012':
     from jaxbud.data import tfds_data  # pylint: disable=g-import-not-at-top
     return tfds_data.imagenet(data_dir=data_dir, manual_dir=manual_dir, image_size=image_size)

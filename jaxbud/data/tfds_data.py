@@ -63,7 +63,7 @@ def cifar(name: str, data_dir: str | None = None, manual_dir: str | None = None,
           f'    (the directory {manual}); it is prepared once into {builder.data_dir_root}, or\n'
           f'  * pass a data_dir that already holds the tfds-prepared {name} '
           f'(looked for {builder.data_dir}).')
-    with _trusting(builder, url, path, enabled=skip_checksums):
+    with trusting(builder, {url: path}, enabled=skip_checksums):
       _prepare(builder, manual, f'the archive {path} does not match the checksum tfds '
                f'registered for {url}: it is truncated, corrupt or another file; '
                'download it again.')
@@ -247,13 +247,14 @@ def _prepare(builder, manual_dir, checksum_message: str) -> None:
 
 
 @contextlib.contextmanager
-def _trusting(builder, url: str, path, enabled: bool = True):
-  """Makes this builder accept the file at path as url, whatever its checksum.
+def trusting(builder, paths: dict, enabled: bool = True):
+  """Makes this builder accept each file paths[url] as url, whatever its checksum.
 
   tfds has no switch to skip verification (register_checksums=True would write the fake
   checksum into tfds' own package). Instead, for this builder object only, the download
-  manager it creates expects the size and sha256 that path actually has, so the manual-dir
-  lookup by filename and the rest of the download path run unchanged.
+  manager it creates expects the size and sha256 each file actually has, so the manual-dir
+  lookup by filename and the rest of the download path run unchanged. The caller vouches for
+  the files (a test's small archives; Fashion-MNIST files whose content was verified).
   """
   if not enabled:
     yield
@@ -263,9 +264,9 @@ def _trusting(builder, url: str, path, enabled: bool = True):
   def make_trusting(*args, **kwargs):
     manager = make(*args, **kwargs)
     # A copy: the manager's dict is tfds' memoized process-wide registry, and the fake
-    # checksum must not outlive this call.
+    # checksums must not outlive this call.
     url_infos = dict(manager._url_infos)  # pylint: disable=protected-access
-    url_infos[url] = tfds_checksums.compute_url_info(path)
+    url_infos.update({url: tfds_checksums.compute_url_info(p) for url, p in paths.items()})
     manager._url_infos = url_infos  # pylint: disable=protected-access
     return manager
 
