@@ -4,7 +4,7 @@ r"""The whole training loop on synthetic CIFAR-shaped data against its bare step
   python -m launch.bench_loop --config=configs/bench_loop.py:cpu --workdir=/tmp/jaxbud/loop_cpu
 
 Default: WRN-40-2, batch 128, bfloat16, the paper's logging, evaluation and checkpoint settings
-(configs/wrn_40_2_cifar10.py) for 2 epochs of 50,000 random images (780 steps, one checkpoint
+(configs/wrn_40_2_cifar10.py) for 2 epochs of 50,000 random images (782 steps, one checkpoint
 inside the timed window), then the paper's runs (the `projection` section: the WRN-40-2 study
 config) projected from the measured rates. ':cpu' is a small version for a 2-core CPU
 (WRN-16-1, batch 32, 400 steps, a few minutes), with no projection.

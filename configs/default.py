@@ -19,12 +19,15 @@ def get_config(arg=None):
       dtype='float32',     # compute dtype: float32 | bfloat16
   ))
   c.data = ml_collections.ConfigDict(dict(
-      name='digits',       # digits | cifar10 | cifar100 | imagenet2012 | synthetic
+      name='digits',       # digits | fashion_mnist | cifar10 | cifar100 | imagenet2012 | synthetic
       data_dir='',         # tfds data_dir ('' = tfds default, ~/tensorflow_datasets)
       manual_dir='',       # where original archives are ('' = <data_dir>/downloads/manual)
       crop_pad=1,          # pad-and-random-crop padding (CIFAR: 4)
       flip=False,          # random horizontal flips (not for digits)
+      pad_mode='reflect',  # random-crop padding of training runs: reflect (the reference's
+                           # train.py) | zeros; prune runs use prune.pad_mode
       image_size=224,      # ImageNet only
+      downsample=1,        # f x f mean pooling of in-memory images (Fashion-MNIST study: 2)
       # name='synthetic': random uint8 images for benchmarks and smoke tests (no download);
       # CIFAR-10's shape and sizes unless changed here.
       synthetic=ml_collections.ConfigDict(dict(

@@ -34,9 +34,8 @@ def compare(config, workdir: str) -> dict:
   steps = (pcfg.rounds + 1) * pcfg.prune_every  # a prune run's tuning periods
 
   t0 = time.perf_counter()
-  crop_pad, flip = input_pipeline.device_augment(config)
-  step = parallel.jit(train_lib.make_train_step(p.model(spec), p.tx, ts.dataset,
-                                                crop_pad=crop_pad, flip=flip),
+  step = parallel.jit(train_lib.make_train_step(
+      p.model(spec), p.tx, ts.dataset, **input_pipeline.device_augment(config, prune=True)),
                       donate_argnums=0)
   for _, batch in input_pipeline.train_batches(config, ts.dataset, seed=p.seed,
                                                batch_size=pcfg.batch_size, start=0,

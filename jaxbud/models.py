@@ -213,9 +213,26 @@ def check_gates(spec, gates):
                      f'e.g. {spec.prunable_names[0]!r}')
 
 
-def _head(x, num_classes, dtype):
+# torch.nn.Linear's default weight init, kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(fan_in),
+# 1/sqrt(fan_in)). The reference keeps it for its classifiers and zeroes their bias.
+torch_linear_kernel = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
+
+def torch_linear_bias(fan_in: int):
+  """torch.nn.Linear's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1 / fan_in ** 0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                  bound)
+
+
+def _head(x, num_classes, dtype, torch_bias=False):
+  """Global average pool, then the classifier: weight as torch.nn.Linear's default; bias 0
+  as the reference's WRN and DenseNet set it, or with `torch_bias` torch's default (torchvision's
+  ResNets leave it so)."""
   x = jnp.mean(x, axis=(1, 2))
-  return nn.Dense(num_classes, bias_init=nn.initializers.zeros, dtype=dtype, name='head')(x)
+  bias_init = torch_linear_bias(x.shape[-1]) if torch_bias else nn.initializers.zeros
+  return nn.Dense(num_classes, kernel_init=torch_linear_kernel, bias_init=bias_init,
+                  dtype=dtype, name='head')(x)
 
 
 class WRNBlock(ConvBNModule):
@@ -321,7 +338,7 @@ class ResNet(ConvBNModule):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for name, _, inner, out, stride in self.spec.blocks():
       x = ResNetBlock(self.dtype, inner, out, stride, name=name)(x, train, gates)
-    return _head(x, self.num_classes, self.dtype)
+    return _head(x, self.num_classes, self.dtype, torch_bias=True)
 
 
 _MODELS = {'wrn': WRN, 'densenet_bc': DenseNetBC, 'resnet': ResNet}

@@ -152,9 +152,12 @@ def fisher_saliency(gate_grads: dict) -> dict:
           for n, g in gate_grads.items()}
 
 
-def make_prune_step(model, tx, ds, *, crop_pad: int, flip: bool, fisher: bool = True):
-  """(PruneState, batch) -> (PruneState, metrics): SGD on the masked net, Fisher accumulated."""
-  preprocess = train_lib.make_preprocess(ds, crop_pad=crop_pad, flip=flip, dtype=model.dtype)
+def make_prune_step(model, tx, ds, *, crop_pad: int, flip: bool, pad_mode: str = 'zeros',
+                    fisher: bool = True):
+  """(PruneState, batch) -> (PruneState, metrics): SGD on the masked net, Fisher accumulated.
+  Random crops pad with zeros by default, as the reference's pruning script does."""
+  preprocess = train_lib.make_preprocess(ds, crop_pad=crop_pad, flip=flip, dtype=model.dtype,
+                                         pad_mode=pad_mode)
   update = train_lib.make_update(model, tx)
 
   def prune_step(ps: PruneState, batch):

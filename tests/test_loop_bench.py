@@ -28,21 +28,22 @@ def test_projection_arithmetic():
            fisher_compile_s=40.0, fisher_vs_train=1.05)
   config = study_wrn_40_2_cifar10.get_config()
   train, prune, study = loop_bench.project(m, config)
-  assert train['steps'] == 200 * 390
-  assert train['seconds'] == pytest.approx(200 * 390 * 0.01 + 20 * 2.0 + 35.0)
+  assert train['steps'] == 200 * 391
+  assert train['seconds'] == pytest.approx(200 * 391 * 0.01 + 20 * 2.0 + 35.0)
   # 1,300 removals and a final tuning period; an evaluation every 10 rounds and per snapshot.
   compilations = math.ceil(1301 / 64) + 6
   assert prune['steps'] == 130_100
   assert prune['seconds'] == pytest.approx(
       130_100 * 0.01 * 1.05 + (math.ceil(1301 / 10) + 6) * 2.0 + compilations * 45)
-  # The study's runs are its plan's: 1 base, 2 prune runs, 16 reduced points, 6 scratch,
-  # 6 Scratch-B and 5 copycats (the sixth is the scratch run), 3 seeds each.
+  # The study's runs are its plan's: 2 bases (prune seeds), 16 reduced points, 6 scratch,
+  # 6 Scratch-B and 5 copycats (the sixth is the scratch run), 3 seeds each; 3 criteria x 2
+  # prune seeds.
   plan = study['plan']
-  assert sum(r['runs'] for r in plan if r['kind'] == 'train') == 1 + (16 + 6 + 6 + 5) * 3
-  assert sum(r['runs'] for r in plan if r['kind'] == 'prune') == 2
+  assert sum(r['runs'] for r in plan if r['kind'] == 'train') == 2 + (16 + 6 + 6 + 5) * 3
+  assert sum(r['runs'] for r in plan if r['kind'] == 'prune') == 6
   fixed = 20 * 2.0 + 35.0
   expected = sum(r['runs'] * (r['steps'] * 0.01 + fixed) for r in plan if r['kind'] == 'train')
-  assert study['seconds'] > expected > 99 * 200 * 390 * 0.01
+  assert study['seconds'] > expected > 99 * 200 * 391 * 0.01
 
 
 def test_launcher_writes_json_and_refuses_a_used_workdir(tmp_path):

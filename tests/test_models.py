@@ -446,6 +446,26 @@ def test_bn_and_bias_init(wrn_init):
     assert (np.asarray(x) == (1 if path[-1].key == 'var' else 0)).all()
 
 
+@pytest.mark.parametrize('spec, image_shape, torch_bias', [
+    (WRN, IMG32, False), (DN, IMG8, False), (R18, IMG16, True)], ids=NET_IDS[:3])
+def test_classifier_init_is_torch_linears(spec, image_shape, torch_bias, wrn_init):
+  """The head's weight is U(+-1/sqrt(fan_in)), torch.nn.Linear's default, which the reference
+  keeps; its bias is 0 in the reference's WRN and DenseNet (they zero it), torch's default
+  U(+-1/sqrt(fan_in)) in the ResNet (torchvision leaves it)."""
+  _, v = wrn_init if spec is WRN else _init(spec, image_shape)
+  w, b = (np.asarray(v['params']['head'][k]) for k in ('kernel', 'bias'))
+  fan_in = w.shape[0]
+  bound = 1 / np.sqrt(fan_in)
+  assert w.shape == (fan_in, 10) and b.shape == (10,)
+  assert np.abs(w).max() <= bound  # a normal init (flax's lecun_normal) exceeds it
+  assert np.abs(w).max() > 0.9 * bound and len(np.unique(w)) == w.size
+  assert abs(w.std() * np.sqrt(3) / bound - 1) < 0.15  # uniform: std = bound / sqrt(3)
+  if torch_bias:
+    assert np.abs(b).max() <= bound and len(np.unique(b)) == b.size and (b != 0).all()
+  else:
+    assert (b == 0).all()
+
+
 # ----------------------------------------------------------------------------- BN and padding
 
 @pytest.fixture(scope='module')

@@ -32,8 +32,8 @@ from jaxbud import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300
-# WRN-10-1 on digits: 22 steps of 64 images per epoch; evaluating every epoch puts test lines in
-# metrics.jsonl at steps 22 and 44, so resumed and uninterrupted runs write the same lines.
+# WRN-10-1 on digits: 23 steps of 64 images per epoch; evaluating every epoch puts test lines in
+# metrics.jsonl at steps 23 and 46, so resumed and uninterrupted runs write the same lines.
 TRAIN = ['--config=configs/default.py', '--config.model.depth=10', '--config.model.widen=1',
          '--config.train.eval_every_epochs=1']
 # Two Fisher removals; the second crosses the 76,000-parameter budget: compaction, a snapshot
@@ -109,7 +109,7 @@ def trained(tmp_path_factory):
   """(2-process workdir, 1-process workdir, outputs of the 2 processes' first run).
 
   The 2-process job trains 1 epoch, then the same command with 2 epochs resumes it from its
-  step-22 checkpoint; the reference trains 2 epochs in one go, concurrently.
+  step-23 checkpoint; the reference trains 2 epochs in one go, concurrently.
   """
   root = tmp_path_factory.mktemp('multiprocess')
   two, one = str(root / 'two'), str(root / 'one')
@@ -126,23 +126,23 @@ def trained(tmp_path_factory):
 def test_two_processes_train_and_resume_exactly_like_one(trained):
   two, one, outs = trained
   # Every metric, loss and accuracy is identical; process 0 alone wrote each line once.
-  assert [l['step'] for l in _lines(two)] == [22, 22, 44, 44]
+  assert [l['step'] for l in _lines(two)] == [23, 23, 46, 46]
   assert _lines(two) == _lines(one)
   final_two, final_one = _load(os.path.join(two, 'final.json')), _load(os.path.join(one,
                                                                                      'final.json'))
-  assert final_two['step'] == 44
+  assert final_two['step'] == 46
   assert {k: final_two[k] for k in ('test_loss', 'test_error')} == {
       k: final_one[k] for k in ('test_loss', 'test_error')}
   # Progress lines come from process 0 only.
   assert 'test error' in outs[0] and 'test error' not in outs[1]
-  # The checkpoints both processes wrote hold the same bits as the reference's: at step 22
-  # (end of the first 2-process run) and 44 (after the 2-process resume).
+  # The checkpoints both processes wrote hold the same bits as the reference's: at step 23
+  # (end of the first 2-process run) and 46 (after the 2-process resume).
   c = default.get_config()
   c.model.update(depth=10, widen=1.0)
   run = train.setup(c)
   template = jax.eval_shape(lambda k: train.create_state(run.model, run.tx, k, (8, 8, 1)),
                             jax.random.key(0))
-  for step in (22, 44):
+  for step in (23, 46):
     a = _restore(os.path.join(two, 'checkpoints'), template, step)
     b = _restore(os.path.join(one, 'checkpoints'), template, step)
     assert len(a) == len(b) > 0

@@ -270,11 +270,11 @@ def test_damaged_run_checkpoint_resumes_from_the_previous_epoch(tmp_path, caplog
   c = train_config(epochs=2, checkpoint_every_epochs=1)
   workdir = tmp_path / 'run'
   first = train.train_and_evaluate(c, str(workdir))
-  os.truncate(largest_file(workdir / 'checkpoints' / '88' / 'state'), 100)
-  again = train.train_and_evaluate(c, str(workdir))  # redoes epoch 2 from step 44
-  assert 'checkpoint step 88' in caplog.text and 'falling back to step 44' in caplog.text
+  os.truncate(largest_file(workdir / 'checkpoints' / '90' / 'state'), 100)
+  again = train.train_and_evaluate(c, str(workdir))  # redoes epoch 2 from step 45
+  assert 'checkpoint step 90' in caplog.text and 'falling back to step 45' in caplog.text
   assert (again['test_loss'], again['test_error']) == (first['test_loss'], first['test_error'])
-  assert sorted(os.listdir(workdir / 'checkpoints')) == ['44', '88', '88.unreadable']
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['45', '90', '90.unreadable']
 
 
 def files_and_mtimes(path) -> dict:
@@ -295,15 +295,15 @@ def test_checkpoint_of_another_spec_is_an_error_naming_both(tmp_path):
 
 
 def test_divergence_stops_with_the_step_range_and_keeps_the_last_good_checkpoint(tmp_path):
-  # lr 0.1 for epoch 1, then x1e6: the loss overflows during epoch 2 (steps 45..88).
+  # lr 0.1 for epoch 1, then x1e6: the loss overflows during epoch 2 (steps 46..90).
   c = train_config(epochs=3, schedule='multistep', milestones=(1,), lr_decay=1e6,
                    checkpoint_every_epochs=1, log_every_steps=100)
   workdir = tmp_path / 'run'
-  with pytest.raises(preempt.NonFiniteError, match=r'between steps 45 and 88: .*non-finite.*'
-                                                   r'last good checkpoint, step 44'):
+  with pytest.raises(preempt.NonFiniteError, match=r'between steps 46 and 90: .*non-finite.*'
+                                                   r'last good checkpoint, step 45'):
     train.train_and_evaluate(c, str(workdir))
-  assert os.listdir(workdir / 'checkpoints') == ['44']
-  assert max(r['step'] for r in metrics_lib.read(workdir)) == 44
+  assert os.listdir(workdir / 'checkpoints') == ['45']
+  assert max(r['step'] for r in metrics_lib.read(workdir)) == 45
 
 
 def test_launcher_divergence_is_one_line_exit_1(tmp_path):

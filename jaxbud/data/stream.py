@@ -4,7 +4,9 @@
 numpy, decoded and augmented on the host:
 
 - Global batch `step` holds the records `input_pipeline.array_batches` would pick: epoch
-  e = step // steps_per_epoch is the permutation seeded by (seed, e).
+  e = step // steps_per_epoch is the permutation seeded by (seed, e). With drop_last=False
+  (training runs) an epoch ends with its partial batch, trimmed to a multiple of the device
+  count (`input_pipeline.epoch_layout`).
 - Each process reads and decodes only its contiguous rows of every global batch.
 - Example `row` of global batch `step` gets an Inception-style random-resized crop and a
   random horizontal flip drawn from (seed, step, row) alone.
@@ -100,13 +102,19 @@ def center_crop(encoded: bytes, size: int, fraction: float = EVAL_CROP) -> np.nd
   return data_lib.center_crop(encoded, size, fraction)
 
 
-def local_rows(batch_size: int, process_index: int | None = None,
-               process_count: int | None = None) -> slice:
-  """This process's contiguous rows of a global batch (jax's process index/count by default)."""
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  """(process index, process count), jax's where not given."""
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
+  return process_index, process_count
+
+
+def local_rows(batch_size: int, process_index: int | None = None,
+               process_count: int | None = None) -> slice:
+  """This process's contiguous rows of a global batch (jax's process index/count by default)."""
+  process_index, process_count = _process(process_index, process_count)
   if not 0 <= process_index < process_count:
     raise UsageError(f'process_index must be in [0, {process_count}), got {process_index}')
   if batch_size < 1 or batch_size % process_count:
@@ -130,9 +138,11 @@ class _TrainStep:
   Pickled into each grain worker; a worker keeps the permutation of its current epoch.
   """
 
-  def __init__(self, source, seed, batch_size, rows, image_size, flip, area_range,
+  def __init__(self, source, seed, batch_size, layout, process, image_size, flip, area_range,
                aspect_range):
-    self.source, self.seed, self.batch_size, self.rows = source, seed, batch_size, rows
+    self.source, self.seed, self.batch_size = source, seed, batch_size
+    self.steps_per_epoch, self.last = layout  # input_pipeline.epoch_layout
+    self.process_index, self.process_count = process
     self.image_size, self.flip = image_size, flip
     self.area_range, self.aspect_range = area_range, aspect_range
     self.n = len(source)
@@ -140,20 +150,24 @@ class _TrainStep:
 
   def records(self, step: int) -> np.ndarray:
     """Sorted record indices of global batch `step` (as input_pipeline.array_batches)."""
-    epoch, i = divmod(step, self.n // self.batch_size)
+    epoch, i = divmod(step, self.steps_per_epoch)
     cached, order = self._order
     if cached != epoch:
       order = data_lib.epoch_order(self.seed, epoch, self.n)
       self._order = (epoch, order)
-    return np.sort(order[i * self.batch_size:(i + 1) * self.batch_size])
+    size = self.last if i == self.steps_per_epoch - 1 else self.batch_size
+    return np.sort(order[i * self.batch_size:i * self.batch_size + size])
 
   def __call__(self, step: int):
     step = int(step)
-    keys = self.records(step)[self.rows]
+    keys = self.records(step)
+    # This process's contiguous share (input_pipeline.local_rows), of a full or partial batch.
+    first = len(keys) * self.process_index // self.process_count
+    keys = keys[first:len(keys) * (self.process_index + 1) // self.process_count]
     records = _read(self.source, keys)
     images = np.empty((len(keys), self.image_size, self.image_size, 3), np.uint8)
     for i, record in enumerate(records):
-      rng = np.random.default_rng([self.seed, _AUGMENT, step, self.rows.start + i])
+      rng = np.random.default_rng([self.seed, _AUGMENT, step, first + i])
       images[i] = random_resized_crop(record['image'], self.image_size, rng, self.flip,
                                       self.area_range, self.aspect_range)
     labels = np.array([r['label'] for r in records], np.int32).reshape(len(records))
@@ -212,7 +226,8 @@ def _stream(ds: grain.MapDataset, workers: int, prefetch: int):
 def train_batches(source, *, seed: int, batch_size: int, start: int, stop: int,
                   image_size: int, process_index: int | None = None,
                   process_count: int | None = None, workers: int = 0, prefetch: int = 2,
-                  flip: bool = True, area_range=AREA_RANGE, aspect_range=ASPECT_RANGE):
+                  flip: bool = True, area_range=AREA_RANGE, aspect_range=ASPECT_RANGE,
+                  drop_last: bool = True, devices: int | None = None):
   """Yields (step, {'image': uint8 (B_local, S, S, 3), 'label': int32 (B_local,)}) for steps
   start..stop-1: this process's rows of each global batch of batch_size (see module doc).
 
@@ -221,15 +236,21 @@ def train_batches(source, *, seed: int, batch_size: int, start: int, stop: int,
   process_index, process_count: default to jax's; B_local = batch_size / process_count.
   workers: decoding processes (0: one background thread of this process).
   prefetch: batches each worker (or the thread) decodes ahead.
+  drop_last: False keeps each epoch's last partial batch, trimmed to a multiple of `devices`
+    (default jax.device_count()); B_local is then that batch's share.
   Arguments are checked here, before the first batch is asked for.
   """
-  rows = local_rows(batch_size, process_index, process_count)
+  from jaxbud import input_pipeline  # pylint: disable=g-import-not-at-top
+  local_rows(batch_size, process_index, process_count)  # checks the process arguments
   _check_common(image_size, workers, prefetch)
   if batch_size > len(source):
     raise UsageError(f'batch size {batch_size} is larger than the {len(source)} records')
   if not 0 <= start <= stop:
     raise UsageError(f'need 0 <= start <= stop, got start={start}, stop={stop}')
-  fn = _TrainStep(source, seed, batch_size, rows, image_size, flip, area_range, aspect_range)
+  layout = input_pipeline.epoch_layout(len(source), batch_size, drop_last=drop_last,
+                                       devices=devices)
+  fn = _TrainStep(source, seed, batch_size, layout, _process(process_index, process_count),
+                  image_size, flip, area_range, aspect_range)
   return _stream(grain.MapDataset.range(start, stop).map(fn), workers, prefetch)
 
 
