@@ -23,6 +23,7 @@ setuptools.setup(
         'ml_collections>=1.0',
         'numpy>=1.26',
         'scikit-learn>=1.4',
+        'scipy>=1.11',  # t quantiles of the study's intervals (jaxbud.stats)
         'matplotlib>=3.8',
         'tensorboardX>=2.6',
     ],

@@ -324,8 +324,8 @@ def _summary(times) -> dict:
 
 def time_inference(networks, batch_sizes, *, repeats: int = 10, warmup: int = 1,
                    primed: bool = True, seed: int = 0) -> dict:
-  """{label: {batch: median/min/max/quartile seconds and spread}} of trained networks'
-  inference.
+  """{label: {batch: median/min/max/quartile seconds, spread, and every timed call's seconds
+  (times_s)}} of trained networks' inference.
 
   networks: (label, model, variables, mean, std, image_shape) tuples, e.g. from `jaxbud.load`:
   the trained weights, the model's compute dtype, normalisation included. All networks of one
@@ -340,7 +340,8 @@ def time_inference(networks, batch_sizes, *, repeats: int = 10, warmup: int = 1,
       cases.append((label, infer_case(model, variables, mean, std, images, options)))
     time_round_robin([c for _, c in cases], repeats, warmup, primed)
     for label, c in cases:
-      out[label][b] = {**_summary(c.times), 'compile_s': c.compile_s}
+      out[label][b] = {**_summary(c.times), 'compile_s': c.compile_s,
+                       'times_s': list(c.times)}
   return out
 
 
