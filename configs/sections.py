@@ -17,7 +17,8 @@ def prune_section(**overrides):
       stop_after_last_budget=False,
       eval_every_rounds=10,  # test error along the trajectory (the reference: every round)
       compact_every=64,      # compact (and recompile) once this many channels are masked
-      batch_size=128,
+      batch_size=128,        # full batches only: an epoch's remainder is not read
+      pad_mode='zeros',      # random-crop padding: zeros (the reference's prune.py) | reflect
       lr=0.0,                # constant fine-tuning lr; 0: the base schedule's final lr
       momentum=0.9,
       weight_decay=5e-4,
@@ -39,7 +40,11 @@ def study_section(**overrides):
       copycat_budget=0,               # the snapshot whose width profile is scaled (a budget)
       scratch_b=True,                 # also train Liu et al.'s Scratch-B (schedule x MACs ratio)
       seeds=(0,),                     # from-scratch runs per point
-      bootstrap_samples=10_000,       # paired bootstrap of every comparison (jaxbud.stats)
+      prune_seeds=(0,),               # base networks, each with its own prune run per criterion
+      scratch_b_cap=0.0,              # Scratch-B epochs at most this multiple (0: no cap, as
+                                      # Liu et al.'s CIFAR code; their ImageNet code caps at 2)
+      reference_error=0.0,            # a published test error (%) of a network of the base's
+      reference='',                   # kind, and its source; the report sets the base beside it
       latency_batch_sizes=(1, 128),
       latency_repeats=20,             # timed calls per network and batch size (RQ3)
       compilation_cache=True,         # keep compiled programs in <workdir>/jax_cache

@@ -16,5 +16,6 @@ def get_config(arg=None):
   c.prune.update(rounds=224, stop_after_last_budget=True)  # up to every channel of WRN-16-1
   c.train.update(epochs=10, milestones=(5, 8), eval_every_epochs=10, checkpoint_every_epochs=10)
   c.study = sections.study_section(budgets=(120_000, 90_000), depths=(10,),
-                                   copycat_budget=120_000, seeds=(0, 1, 2))
+                                   copycat_budget=120_000, seeds=(0, 1, 2), prune_seeds=(0, 1),
+                                   scratch_b_cap=2.0)
   return c

@@ -55,11 +55,16 @@ class Checkpoints:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, spec: spec_lib.Spec, meta: dict | None = None):
+    """Saves `step` (asynchronously; `wait` for it). Orbax skips a step at or below the newest
+    saved one; that would silently keep an older state, so it is an error here."""
     flat = _flatten(state)
-    self.manager.save(step, args=ocp.args.Composite(
+    saved = self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(flat),
         spec=ocp.args.JsonSave(spec_lib.to_dict(spec)),
         meta=ocp.args.JsonSave({**(meta or {}), CHECKSUM: checksum(flat)})))
+    if not saved:
+      raise RuntimeError(f'checkpoint step {step} was not saved in {self.directory} (Orbax '
+                         f'declined it; the newest saved step is {self.latest_step()})')
 
   def restore_spec(self, step: int | None = None) -> spec_lib.Spec:
     step = self.latest_step() if step is None else step

@@ -33,12 +33,14 @@ Layout of a run's workdir:
 """
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxbud import augment
 from jaxbud import checkpoint as ckpt_lib
 from jaxbud import criteria
 from jaxbud import inference
@@ -85,8 +87,9 @@ def finetune_optimizer(pcfg, lr: float):
       weight_decay=pcfg.weight_decay)), steps_per_epoch=1)
 
 
-def _validate(config, base_spec, num_classes):
-  pcfg = config.prune
+def validate_section(pcfg):
+  """Checks the fields of a `prune` section that need no network (also run by a study's plan,
+  before anything trains)."""
   for field in ('prune_every', 'rounds', 'compact_every', 'batch_size', 'checkpoint_every_rounds',
                 'log_every_rounds', 'eval_every_rounds'):
     if pcfg[field] < 1:
@@ -94,6 +97,14 @@ def _validate(config, base_spec, num_classes):
   if pcfg.lr < 0:
     raise UsageError(f'prune.lr must be > 0, or 0 for the base schedule\'s final lr; got {pcfg.lr}')
   parallel.check_batch(pcfg.batch_size, 'prune.batch_size')
+  if pcfg.pad_mode not in augment.PAD_MODES:
+    raise UsageError(f'unknown prune.pad_mode {pcfg.pad_mode!r}; expected one of '
+                     f'{tuple(augment.PAD_MODES)}')
+
+
+def _validate(config, base_spec, num_classes):
+  pcfg = config.prune
+  validate_section(pcfg)
   channels = sum(base_spec.prunable)
   if pcfg.rounds > channels:
     raise UsageError(f'prune.rounds={pcfg.rounds} removes more channels than the '
@@ -198,9 +209,10 @@ class _Pruning:
     """Jitted prune and eval steps for the current spec (compiled on first call)."""
     self.compilations += 1
     model = self.p.model(self.spec)
-    crop_pad, flip = input_pipeline.device_augment(self.p.config)
+    # prune.pad_mode: zero padding by default, as the reference's pruning script crops.
+    augmentation = input_pipeline.device_augment(self.p.config, prune=True)
     self.step = parallel.jit(prune.make_prune_step(
-        model, self.p.tx, self.p.ds, crop_pad=crop_pad, flip=flip,
+        model, self.p.tx, self.p.ds, **augmentation,
         fisher=self.p.criterion.needs_fisher), donate_argnums=0)
     self.eval_step = self.compile_eval(model)
 
@@ -306,7 +318,15 @@ class _Pruning:
       stats.save_predictions(os.path.join(d, 'predictions.npz'), **preds)
     train_lib.write_json(os.path.join(d, 'history.json'), self.history())
     train_lib.write_json(os.path.join(d, 'result.json'), out)
-    ck = ckpt_lib.Checkpoints(os.path.join(d, 'checkpoint'), keep=1)
+    # A snapshot re-taken after a resume replaces the one an interrupted run left (Orbax would
+    # not save a step it already holds; the state may differ, e.g. on another CPU kind).
+    ckpt_dir = os.path.join(d, 'checkpoint')
+    if jax.process_index() == 0 and os.path.isdir(ckpt_dir):
+      shutil.rmtree(ckpt_dir)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f'jaxbud_snapshot_{budget}')
+    ck = ckpt_lib.Checkpoints(ckpt_dir, keep=1)
     ck.save(done, state, spec, {'budget': budget})
     ck.wait()
     ck.close()

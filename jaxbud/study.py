@@ -1,31 +1,39 @@
 """The study end to end: base, prune-and-tune, reduced families, pruned-from-scratch, copycats.
 
 Arms (the paper's; docs/study.md):
-- base: the full network, trained once (config.seed).
-- pruned/<criterion>: one prune-and-tune run per criterion from the base, tuned snapshots at the
-  study's budgets; the main criterion's also at the parameter count of every depth-reduced
-  network (so that each depth-reduced network meets a pruned network of its own size).
-- reduced/<family>: smaller versions trained from scratch; width and bottleneck families at each
-  budget, the depth family at its own sizes.
+- base: the full network, trained once per seed of `study.prune_seeds`.
+- pruned/<criterion>: one prune-and-tune run per criterion from each base network, tuned
+  snapshots at the study's budgets; the main criterion's also at the parameter count of every
+  reduced network, so that each reduced network meets a pruned network of its own size (at
+  most one channel's parameters smaller; never a reduced network more than 2% larger).
+- reduced/<family>: smaller versions trained from scratch; width and bottleneck families near
+  each budget, the depth family at its own sizes.
 - scratch: the main criterion's pruned architectures, re-initialised and trained with the base
   schedule (Liu et al.'s Scratch-E); scratch_b: the same with the whole schedule stretched by
-  the base/pruned MACs ratio, capped at 2 (Scratch-B).
-- copycat: the width profile of one pruned snapshot scaled to each budget, trained from scratch.
-Every from-scratch point trains once per seed of `study.seeds`. Runs are keyed by (spec, seed,
+  the base/pruned MACs ratio, capped at `study.scratch_b_cap` when it is > 0 (Scratch-B).
+- copycat: the width profile of a pruned snapshot scaled to each budget (from below), trained
+  from scratch.
+Every from-scratch point trains once per seed of `study.seeds`. With several prune seeds, the
+i-th seed of a scratch or copycat point uses the architecture of prune seed i mod k, so the
+arm's runs cover the prune runs' variation in architecture too. Runs are keyed by (spec, seed,
 schedule): a point whose run another point already has (the copycat at the profile's own budget
 is the scratch network) reuses it, and the table says so.
 
-Every run has its own folder under the study's workdir and is skipped when its result file
-exists (train: final.json, prune: summary.json); an unfinished run resumes from its checkpoint.
-So re-running a study reuses what is done, and a killed study continues where it stopped.
+Every run has its own folder under the study's workdir with a fingerprint of what determines
+its result (fingerprint.json: spec, seed, schedule, data, and for prune runs their section and
+their base's fingerprint). A finished run (train: final.json, prune: summary.json) is reused
+only when its fingerprint matches; an unfinished one resumes from its checkpoint; a folder made
+under another config is a usage error naming the fields that differ. So re-running a study
+reuses what is done, and a killed study continues where it stopped.
 
-  <workdir>/base/                          the trained base network
-  <workdir>/prune_<criterion>/             prune-and-tune run, snapshots at the budgets
+  <workdir>/base/seed<s>/                  the trained base networks
+  <workdir>/prune_<criterion>/seed<s>/     prune-and-tune runs, snapshots at the budgets
   <workdir>/arms/<arm>/<point>/seed<k>/    from-scratch runs
   <workdir>/plan.txt, results.json|csv, comparisons.json, report.md, *.png   (jaxbud.report)
 """
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -47,22 +55,37 @@ from jaxbud.errors import UsageError
 REDUCED = ('wrn_depth', 'wrn_width', 'wrn_bottleneck',
            'densenet_depth', 'densenet_growth', 'densenet_bottleneck')
 DEPTH_FAMILIES = ('wrn_depth', 'densenet_depth')
-SCRATCH_B_CAP = 2.0  # Liu et al.: Scratch-B trains at most twice the epochs
+MATCH_TOLERANCE = 0.02  # a "same size" pair: the from-scratch side at most 2% larger
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-  """One network the study trains from scratch (once per seed)."""
+  """One network the study trains from scratch (once per seed).
+
+  `specs` holds one architecture, or for arms made from pruned networks one per prune seed:
+  the i-th training seed uses specs[i % len(specs)] with schedule schedules[i % len(specs)].
+  """
   arm: str            # reduced | scratch | scratch_b | copycat
   family: str         # e.g. wrn_width, fisher (the criterion a scratch arm comes from)
   label: str          # folder name, unique within the arm
-  spec: spec_lib.Spec
-  budget: int         # the parameter count it is compared at (its own, for depth families)
-  schedule: float = 1.0  # the base schedule stretched by this factor (Scratch-B)
+  specs: tuple        # spec_lib.Spec per prune seed (one for reduced networks)
+  budget: int         # the study budget it belongs to (its own size, for depth families)
+  schedules: tuple = (1.0,)  # the base schedule stretched by this factor (Scratch-B)
+  match: int | None = None   # the pruned snapshot it is compared with (default: budget)
+
+  @property
+  def spec(self) -> spec_lib.Spec:
+    return self.specs[0]
+
+  def run(self, i: int) -> tuple[spec_lib.Spec, float]:
+    """(spec, schedule factor) of the point's i-th training seed."""
+    return self.specs[i % len(self.specs)], self.schedules[i % len(self.schedules)]
 
 
-def closest(make, budget: int, lo: float, hi: float, num_classes: int, iters: int = 50):
-  """The spec make(s), s in [lo, hi], whose parameter count is nearest `budget`.
+def closest(make, budget: int, lo: float, hi: float, num_classes: int, iters: int = 50,
+            below: bool = False):
+  """The spec make(s), s in [lo, hi], whose parameter count is nearest `budget` (with `below`,
+  the largest that does not exceed it).
 
   Counts grow with s in steps (widths are integers), so bisect to the step that crosses the
   budget and keep the nearer of its two sides.
@@ -75,8 +98,10 @@ def closest(make, budget: int, lo: float, hi: float, num_classes: int, iters: in
   for _ in range(iters):
     mid = (lo + hi) / 2
     lo, hi = (mid, hi) if count(mid) <= budget else (lo, mid)
-  below, above = make(lo), make(hi)
-  return min((below, above),
+  under, over = make(lo), make(hi)
+  if below:
+    return under
+  return min((under, over),
              key=lambda s: abs(spec_lib.count_params(s, num_classes) - budget))
 
 
@@ -92,7 +117,7 @@ def reduced_points(family: str, base: spec_lib.Spec, budgets, depths, num_classe
            else spec_lib.densenet_bc(d, base.growth, c))
       params = spec_lib.count_params(s, num_classes)
       if params < base_params:
-        points.append(Point('reduced', family, f'depth{d}', s, params))
+        points.append(Point('reduced', family, f'depth{d}', (s,), params))
     return points
   for b in budgets:
     if family == 'wrn_width':
@@ -105,14 +130,17 @@ def reduced_points(family: str, base: spec_lib.Spec, budgets, depths, num_classe
                   b, 0.0, 1.0, num_classes)
     else:
       raise UsageError(f'unknown reduced family {family!r}; expected one of {REDUCED}')
-    points.append(Point('reduced', family, f'budget{b}', s, b))
+    # Compared with a pruned snapshot at its own size: `closest` may land a step above b.
+    points.append(Point('reduced', family, f'budget{b}', (s,), b,
+                        match=spec_lib.count_params(s, num_classes)))
   return points
 
 
 def copycat_spec(profile: spec_lib.Spec, budget: int, num_classes: int) -> spec_lib.Spec:
-  """The profile's per-layer widths scaled by s (max(1, round(s * w))) to hit `budget`."""
+  """The profile's per-layer widths scaled by s (max(1, round(s * w))): the largest such
+  network within `budget` (never larger than the pruned network it is compared with)."""
   return closest(lambda s: spec_lib.scale_prunable(profile, s, 1, keep_zeros=False), budget,
-                 0.0, 8.0, num_classes)
+                 0.0, 8.0, num_classes, below=True)
 
 
 def wider_than_base(spec: spec_lib.Spec, base: spec_lib.Spec) -> bool:
@@ -123,9 +151,12 @@ def wider_than_base(spec: spec_lib.Spec, base: spec_lib.Spec) -> bool:
   return any(w > base.prunable[i * m // n] for i, w in enumerate(spec.prunable))
 
 
-def scratch_b_factor(base_macs: int, macs: int) -> float:
-  """Liu et al.'s Scratch-B: the base network's training compute, at most twice the epochs."""
-  return min(base_macs / macs, SCRATCH_B_CAP)
+def scratch_b_factor(base_macs: int, macs: int, cap: float = 0.0) -> float:
+  """Liu et al.'s Scratch-B: the base network's training compute (epochs x base/pruned MACs),
+  at most `cap` times the epochs when cap > 0 (their ImageNet code caps at 2; their CIFAR code
+  does not cap)."""
+  factor = base_macs / macs
+  return min(factor, cap) if cap > 0 else factor
 
 
 def prune_floor(base: spec_lib.Spec, num_classes: int) -> int:
@@ -156,12 +187,21 @@ def validate(config, base: spec_lib.Spec, num_classes: int):
     criteria.get(crit)
   if scfg.copycat_budget not in scfg.budgets:
     raise UsageError(f'study.copycat_budget {scfg.copycat_budget} must be one of study.budgets')
-  if not scfg.seeds:
-    raise UsageError('study.seeds is empty; give at least one seed, e.g. (0,)')
-  if len(set(scfg.seeds)) != len(scfg.seeds):
-    raise UsageError(f'study.seeds has repeats: {tuple(scfg.seeds)}')
-  if scfg.bootstrap_samples < 100:
-    raise UsageError(f'study.bootstrap_samples must be >= 100, got {scfg.bootstrap_samples}')
+  for field in ('seeds', 'prune_seeds'):
+    seeds = tuple(scfg[field])
+    if not seeds:
+      raise UsageError(f'study.{field} is empty; give at least one seed, e.g. (0,)')
+    if len(set(seeds)) != len(seeds):
+      raise UsageError(f'study.{field} has repeats: {seeds}')
+  if scfg.scratch_b_cap < 0:
+    raise UsageError(f'study.scratch_b_cap must be >= 0 (0: no cap), got {scfg.scratch_b_cap}')
+  # The prune section is checked here too, so a bad value stops the study (and its dry run)
+  # before the base network trains, not after.
+  prune_tune.validate_section(config.prune)
+  channels = sum(base.prunable)
+  if config.prune.rounds > channels:
+    raise UsageError(f'prune.rounds={config.prune.rounds} removes more channels than the '
+                     f'{channels} prunable channels of the base network')
   sizes = tuple(scfg.latency_batch_sizes)
   if len(sizes) != 2 or not all(isinstance(b, int) and b >= 1 for b in sizes):
     raise UsageError(f'study.latency_batch_sizes must be two batch sizes (small, large), e.g. '
@@ -177,13 +217,84 @@ def _base_spec(config, in_channels: int) -> spec_lib.Spec:
   return train_lib.build_spec(config.model, in_channels)
 
 
-def depth_budgets(config, base, num_classes) -> list[int]:
-  """The parameter counts of the depth-reduced networks a pruned snapshot can match."""
+def all_reduced(config, base, num_classes) -> list[Point]:
+  """Every reduced network of the study (depth families only where pruning can reach them)."""
   scfg, floor = config.study, prune_floor(base, num_classes)
   widen = config.model.get('widen', 1.0)
-  return [p.budget for f in scfg.reduced if f in DEPTH_FAMILIES
-          for p in reduced_points(f, base, (), scfg.depths, num_classes, widen)
-          if p.budget >= floor]
+  return [p for f in scfg.reduced
+          for p in reduced_points(f, base, scfg.budgets, scfg.depths, num_classes, widen)
+          if f not in DEPTH_FAMILIES or p.budget >= floor]
+
+
+def matched_budgets(config, base, num_classes) -> list[int]:
+  """The parameter counts of the reduced networks that a pruned snapshot must also match."""
+  return sorted({p.match or p.budget for p in all_reduced(config, base, num_classes)},
+                reverse=True)
+
+
+def main_budgets(config, base, num_classes) -> list[int]:
+  """Snapshot budgets of the main criterion's prune runs: the study's and the matched ones."""
+  return sorted(set(config.study.budgets) | set(matched_budgets(config, base, num_classes)),
+                reverse=True)
+
+
+def fingerprint(facts: dict) -> str:
+  """A stable hash of the JSON facts that determine a run's result."""
+  return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# Fields that change where or how often a run reports, not its result.
+_NOT_RESULT = {'data': ('data_dir', 'manual_dir'),
+               'train': ('log_every_steps', 'checkpoint_every_epochs', 'keep_checkpoints',
+                         'eval_every_epochs'),
+               'prune': ('base_workdir', 'budgets', 'stop_after_last_budget', 'log_every_rounds',
+                         'checkpoint_every_rounds', 'eval_every_rounds')}
+
+
+def _section(config, name) -> dict:
+  return {k: v for k, v in config[name].to_dict().items() if k not in _NOT_RESULT.get(name, ())}
+
+
+def train_facts(config, spec: spec_lib.Spec) -> dict:
+  """What determines a from-scratch run's result (its fingerprint's input)."""
+  return {'kind': 'train', 'spec': spec.to_json(), 'seed': config.seed,
+          'dtype': config.model.dtype, 'data': _section(config, 'data'),
+          'train': _section(config, 'train')}
+
+
+def prune_facts(config, base_fingerprint: str) -> dict:
+  """What determines a prune run's result, budgets aside (they only add snapshots)."""
+  return {'kind': 'prune', 'base': base_fingerprint, 'seed': config.seed,
+          'dtype': config.model.dtype, 'data': _section(config, 'data'),
+          'prune': _section(config, 'prune')}
+
+
+def check_fingerprint(workdir: str, facts: dict, done_file: str) -> str:
+  """The fingerprint of `facts`; written to `workdir` for a new run, checked against an
+  existing run's (a finished or resumable run made under other settings is a usage error)."""
+  facts = json.loads(json.dumps(facts, sort_keys=True, default=str))  # as stored: lists
+  fp = fingerprint(facts)
+  path = os.path.join(workdir, 'fingerprint.json')
+  if os.path.exists(path):
+    old = _read(path)
+    if old['fingerprint'] != fp:
+      differ = sorted(k for k in set(facts) | set(old['facts'])
+                      if facts.get(k) != old['facts'].get(k))
+      detail = [f'{k}.{f}' for k in differ if isinstance(facts.get(k), dict)
+                for f in sorted(set(facts[k]) | set(old['facts'].get(k) or {}))
+                if facts[k].get(f) != (old['facts'].get(k) or {}).get(f)]
+      raise UsageError(f'{workdir} holds a run made with other settings '
+                       f'({", ".join(detail or differ)} differ); give the study a new --workdir, '
+                       'or delete that folder to re-run it')
+    return fp
+  if os.path.exists(os.path.join(workdir, done_file)) or os.path.isdir(
+      os.path.join(workdir, 'checkpoints')):
+    raise UsageError(f'{workdir} holds a run without a fingerprint (made by an older jaxbud); '
+                     'give the study a new --workdir, or delete that folder to re-run it')
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    train_lib.write_json(path, {'fingerprint': fp, 'facts': facts})
+  return fp
 
 
 # -- the plan and its cost, before anything runs ------------------------------------------
@@ -193,47 +304,45 @@ def plan(config, step_seconds: float | None = None) -> list[dict]:
 
   Sizes come from the config and the dataset's known shape (nothing is loaded). Architectures
   that only pruning reveals (scratch, Scratch-B, copycats) are estimated at their budget: MACs
-  in proportion to parameters, Scratch-B at its 2x cap, and a prune run ending at the smallest
-  budget after the average channel's parameters per removal. `step_seconds` is the measured
-  time of one training step of the base network; other networks are scaled by their MACs.
+  in proportion to parameters, Scratch-B at the base/budget MACs ratio (capped as configured),
+  and a prune run ending at its smallest budget after the average channel's parameters per
+  removal. `step_seconds` is the measured time of one training step of the base network; other
+  networks are scaled by their MACs.
   """
   scfg, tcfg, pcfg = config.study, config.train, config.prune
-  n_train, image_shape, nc = data_lib.describe(config.data.name, config.data.image_size,
-                                                config.data.get('synthetic'))
+  n_train, image_shape, nc = describe_data(config)
   base = _base_spec(config, image_shape[-1])
   validate(config, base, nc)
   base_params = spec_lib.count_params(base, nc)
   base_macs = spec_lib.count_macs(base, image_shape[0], nc)
-  spe = n_train // tcfg.batch_size
-  steps = tcfg.epochs * spe
-  seeds = len(scfg.seeds)
-  rows = [dict(what='base network', kind='train', runs=1, steps=steps, macs=base_macs,
-               batch=tcfg.batch_size)]
+  steps = tcfg.epochs * input_pipeline.steps_per_epoch(n_train, tcfg.batch_size, drop_last=False)
+  seeds, prune_seeds = len(scfg.seeds), len(scfg.prune_seeds)
+  rows = [dict(what='base network', kind='train', runs=prune_seeds, steps=steps,
+               macs=base_macs, batch=tcfg.batch_size)]
   per_channel = (base_params - prune_floor(base, nc)) / sum(base.prunable)
   for crit in scfg.criteria:
     smallest = min(scfg.budgets)
     if crit == scfg.main_criterion:
-      smallest = min([smallest, *depth_budgets(config, base, nc)])
+      smallest = min(main_budgets(config, base, nc))
     rounds = pcfg.rounds
     if pcfg.stop_after_last_budget:
       rounds = min(rounds, math.ceil((base_params - smallest) / per_channel))
     mean_macs = (base_macs + smallest / base_params * base_macs) / 2  # shrinking as it goes
     rows.append(dict(what=f'prune-and-tune ({crit}), about {rounds} rounds', kind='prune',
-                     runs=1, steps=(rounds + 1) * pcfg.prune_every, macs=mean_macs,
+                     runs=prune_seeds, steps=(rounds + 1) * pcfg.prune_every, macs=mean_macs,
                      batch=pcfg.batch_size))
-  widen = config.model.get('widen', 1.0)
-  for fam in scfg.reduced:
-    for p in reduced_points(fam, base, scfg.budgets, scfg.depths, nc, widen):
-      rows.append(dict(what=f'reduced {fam} {p.label}', kind='train', runs=seeds, steps=steps,
-                       macs=spec_lib.count_macs(p.spec, image_shape[0], nc),
-                       batch=tcfg.batch_size))
+  for p in all_reduced(config, base, nc):
+    rows.append(dict(what=f'reduced {p.family} {p.label}', kind='train', runs=seeds,
+                     steps=steps, macs=spec_lib.count_macs(p.spec, image_shape[0], nc),
+                     batch=tcfg.batch_size))
   for b in scfg.budgets:
     est = b / base_params * base_macs
     rows.append(dict(what=f'scratch {b:,}', kind='train', runs=seeds, steps=steps, macs=est,
                      batch=tcfg.batch_size))
     if scfg.scratch_b:
-      rows.append(dict(what=f'scratch_b {b:,} (at most 2x epochs)', kind='train', runs=seeds,
-                       steps=int(steps * SCRATCH_B_CAP), macs=est, batch=tcfg.batch_size))
+      factor = scratch_b_factor(base_macs, est, scfg.scratch_b_cap)
+      rows.append(dict(what=f'scratch_b {b:,} (x{factor:.2f} epochs)', kind='train',
+                       runs=seeds, steps=int(steps * factor), macs=est, batch=tcfg.batch_size))
     if b != scfg.copycat_budget:  # that one is the scratch run
       rows.append(dict(what=f'copycat {b:,}', kind='train', runs=seeds, steps=steps, macs=est,
                        batch=tcfg.batch_size))
@@ -242,6 +351,13 @@ def plan(config, step_seconds: float | None = None) -> list[dict]:
                     r['runs'] * r['steps'] * step_seconds * r['macs'] / base_macs
                     * r['batch'] / tcfg.batch_size)
   return rows
+
+
+def describe_data(config) -> tuple[int, tuple[int, int, int], int]:
+  """(training images, image shape, classes) of the config's dataset, without loading it."""
+  d = config.data
+  return data_lib.describe(d.name, d.image_size, d.get('synthetic'),
+                           downsample=d.get('downsample', 1))
 
 
 def format_plan(rows, step_seconds, device: str) -> str:
@@ -278,8 +394,7 @@ def measure_step(ts: train_lib.TrainSetup, repeats: int = 3) -> float:
 
 def _shape_only_setup(config) -> train_lib.TrainSetup:
   """The training setup of `config` on random data of its dataset's shape (nothing loaded)."""
-  n_train, image_shape, nc = data_lib.describe(config.data.name, config.data.image_size,
-                                                config.data.get('synthetic'))
+  n_train, image_shape, nc = describe_data(config)
   ds = data_lib.synthetic(train_size=n_train, test_size=1, image_size=image_shape[0],
                           channels=image_shape[-1], num_classes=nc)
   return train_lib.setup(config, ds)
@@ -288,7 +403,7 @@ def _shape_only_setup(config) -> train_lib.TrainSetup:
 # -- running -------------------------------------------------------------------------------
 
 class Study:
-  """Runs the arms of a study config in order, skipping finished runs."""
+  """Runs the arms of a study config in order, reusing finished runs (module docstring)."""
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir, self.scfg = config, workdir, config.study
@@ -304,18 +419,22 @@ class Study:
     # (spec json, schedule) -> TrainSetup shared by the seeds (jitted once); the base network's
     # is self.ts, whose train step measure_step has compiled already.
     self._setups = {(self.base_spec.to_json(), 1.0): self.ts}
+    self._fingerprints = {}  # run dir -> fingerprint
     self._done, self._total, self._t0 = 0, 0, time.perf_counter()
 
   # -- runs -------------------------------------------------------------------------------
   def _train(self, spec, workdir, seed, schedule=1.0):
-    final_path = os.path.join(workdir, 'final.json')
-    if os.path.exists(final_path):
-      return _read(final_path)
     cfg = copy.deepcopy(self.config)
     with cfg.unlocked():
       cfg.seed = seed
       if schedule != 1.0:
         cfg.train = train_lib.scale_schedule(cfg.train, schedule)
+    self._fingerprints[workdir] = check_fingerprint(workdir, train_facts(cfg, spec),
+                                                    'final.json')
+    final_path = os.path.join(workdir, 'final.json')
+    if os.path.exists(final_path):
+      return _read(final_path)
+    with cfg.unlocked():
       os.makedirs(workdir, exist_ok=True)
       spec_lib.save(spec, os.path.join(workdir, 'arm_spec.json'))
       cfg.model.spec_file = os.path.join(workdir, 'arm_spec.json')
@@ -325,16 +444,24 @@ class Study:
     return train_lib.train_and_evaluate(cfg, workdir,
                                         dataclasses.replace(self._setups[key], config=cfg))
 
-  def _prune(self, criterion, budgets):
-    workdir = os.path.join(self.workdir, f'prune_{criterion}')
-    path = os.path.join(workdir, 'summary.json')
-    if os.path.exists(path):
-      return _read(path)
+  def _prune(self, criterion, seed, base_dir, budgets):
+    workdir = os.path.join(self.workdir, f'prune_{criterion}', f'seed{seed}')
     cfg = copy.deepcopy(self.config)
     with cfg.unlocked():
-      cfg.prune.update(base_workdir=os.path.join(self.workdir, 'base'), criterion=criterion,
-                       budgets=tuple(budgets), stop_after_last_budget=True)
-    return prune_tune.prune_and_tune(cfg, workdir, self.dataset)
+      cfg.seed = seed
+      cfg.prune.update(base_workdir=base_dir, criterion=criterion, budgets=tuple(budgets),
+                       stop_after_last_budget=True)
+    check_fingerprint(workdir, prune_facts(cfg, self._fingerprints[base_dir]), 'summary.json')
+    path = os.path.join(workdir, 'summary.json')
+    summary = (_read(path) if os.path.exists(path) else
+               prune_tune.prune_and_tune(cfg, workdir, self.dataset))
+    missing = sorted(set(budgets) - {s['budget'] for s in summary['snapshots']}, reverse=True)
+    if missing:
+      raise UsageError(f'the prune run in {workdir} has no snapshot at budget(s) '
+                       f'{", ".join(f"{b:,}" for b in missing)} (it finished before they were '
+                       'asked for, or its rounds ran out); delete that folder to re-run it with '
+                       'these budgets, or raise prune.rounds')
+    return summary
 
   def _progress(self, what):
     self._done += 1
@@ -345,99 +472,136 @@ class Study:
                     f'ETA {metrics_lib.format_seconds(eta)}')
 
   def scratch_points(self, snapshots: dict) -> list[Point]:
-    """Reduced, pruned-from-scratch, Scratch-B and copycat points, all trained from scratch."""
-    scfg, points = self.scfg, []
-    widen = self.config.model.get('widen', 1.0)
-    floor = prune_floor(self.base_spec, self.nc)
-    for fam in scfg.reduced:
-      points += [p for p in reduced_points(fam, self.base_spec, scfg.budgets, scfg.depths,
-                                           self.nc, widen)
-                 if fam not in DEPTH_FAMILIES or p.budget >= floor]
-    main = {s['budget']: s for s in snapshots[scfg.main_criterion]}
+    """Reduced, pruned-from-scratch, Scratch-B and copycat points, all trained from scratch.
+
+    `snapshots`: {budget: [snapshot of each prune seed]} of the main criterion.
+    """
+    scfg = self.scfg
+    points = all_reduced(self.config, self.base_spec, self.nc)
+    load = lambda s: spec_lib.load(os.path.join(s['dir'], 'spec.json'))
     for b in scfg.budgets:
-      if b not in main:
-        continue
-      spec = spec_lib.load(os.path.join(main[b]['dir'], 'spec.json'))
-      points.append(Point('scratch', scfg.main_criterion, f'budget{b}', spec, b))
+      specs = tuple(load(s) for s in snapshots[b])
+      points.append(Point('scratch', scfg.main_criterion, f'budget{b}', specs, b))
       if scfg.scratch_b:
-        factor = scratch_b_factor(self.base_macs, main[b]['macs'])
         epochs = self.config.train.epochs
-        # The factor the whole epochs allow: a run that rounds to the base's epochs is Scratch-E.
-        factor = round(epochs * factor) / epochs if epochs else 1.0
-        points.append(Point('scratch_b', scfg.main_criterion, f'budget{b}', spec, b, factor))
-    if scfg.copycat_budget in main:
-      profile = spec_lib.load(os.path.join(main[scfg.copycat_budget]['dir'], 'spec.json'))
-      for b in scfg.budgets:
-        spec = (profile if b == scfg.copycat_budget  # the profile itself, not a rescaled copy
-                else copycat_spec(profile, b, self.nc))
-        points.append(Point('copycat', scfg.main_criterion, f'budget{b}', spec, b))
+        factors = []
+        for s in snapshots[b]:
+          f = scratch_b_factor(self.base_macs, s['macs'], scfg.scratch_b_cap)
+          # The factor whole epochs allow: a run that rounds to the base's epochs is Scratch-E.
+          factors.append(round(epochs * f) / epochs if epochs else 1.0)
+        points.append(Point('scratch_b', scfg.main_criterion, f'budget{b}', specs, b,
+                            tuple(factors)))
+    profiles = tuple(load(s) for s in snapshots[scfg.copycat_budget])
+    for b in scfg.budgets:
+      specs = (profiles if b == scfg.copycat_budget  # the profiles themselves, not rescaled
+               else tuple(copycat_spec(p, b, self.nc) for p in profiles))
+      points.append(Point('copycat', scfg.main_criterion, f'budget{b}', specs, b))
     return points
 
   def run_all(self) -> list[dict]:
     scfg = self.scfg
-    base_dir = os.path.join(self.workdir, 'base')
     metrics_lib.log(f'study: base {self.base_spec.family} '
                     f'({spec_lib.count_params(self.base_spec, self.nc):,} params), '
                     f'budgets {tuple(scfg.budgets)}, criteria {tuple(scfg.criteria)}, '
-                    f'seeds {tuple(scfg.seeds)}')
-    self._total = 1 + len(scfg.criteria)  # grows once the from-scratch points are known
-    base = self._train(self.base_spec, base_dir, self.config.seed)
-    self._progress('base network')
-    self.rows.append(self._row(Point('base', 'base', 'base', self.base_spec, None),
-                               [base_dir], [base]))
-    # The main criterion also meets each depth-reduced network at its own size; the others
-    # are reported at the study's budgets only.
-    depth = depth_budgets(self.config, self.base_spec, self.nc)
+                    f'seeds {tuple(scfg.seeds)}, prune seeds {tuple(scfg.prune_seeds)}')
+    k = len(scfg.prune_seeds)
+    self._total = k * (1 + len(scfg.criteria))  # grows once the from-scratch points are known
+    bases = {}
+    for seed in scfg.prune_seeds:
+      d = os.path.join(self.workdir, 'base', f'seed{seed}')
+      bases[seed] = (d, self._train(self.base_spec, d, seed))
+      self._progress(f'base network seed {seed}')
+    self.rows.append(self._row(Point('base', 'base', 'base', (self.base_spec,), None),
+                               [d for d, _ in bases.values()], [f for _, f in bases.values()],
+                               list(scfg.prune_seeds)))
+    main = main_budgets(self.config, self.base_spec, self.nc)
     snapshots = {}
     for crit in scfg.criteria:
-      budgets = set(scfg.budgets) | (set(depth) if crit == scfg.main_criterion else set())
-      summary = self._prune(crit, sorted(budgets, reverse=True))
-      snapshots[crit] = summary['snapshots']
-      for s in summary['snapshots']:
-        spec = spec_lib.load(os.path.join(s['dir'], 'spec.json'))
-        row = self._row(Point('pruned', crit, f'budget{s["budget"]}', spec, s['budget']),
-                        [s['dir']], [s])
-        # Its cost: the base network plus the prune run up to this snapshot.
-        row.update(compilations=summary['compilations'],
-                   train_seconds=base['train_seconds'] + s['prune_seconds'],
-                   train_macs=base['train_macs'] + s['prune_train_macs'],
-                   rounds=s['round'])
+      # The main criterion also meets each reduced network at its own size; the others are
+      # reported at the study's budgets only.
+      budgets = main if crit == scfg.main_criterion else sorted(scfg.budgets, reverse=True)
+      by_budget = {b: [] for b in budgets}
+      for seed in scfg.prune_seeds:
+        base_dir, base_final = bases[seed]
+        summary = self._prune(crit, seed, base_dir, budgets)
+        for s in summary['snapshots']:
+          if s['budget'] in by_budget:
+            by_budget[s['budget']].append({
+                **s, 'seed': seed, 'compilations': summary['compilations'],
+                # Its cost: the base network plus the prune run up to this snapshot.
+                'train_seconds': base_final['train_seconds'] + s['prune_seconds'],
+                'train_macs': base_final['train_macs'] + s['prune_train_macs']})
+        self._progress(f'prune-and-tune ({crit}) seed {seed}')
+      for b in budgets:
+        snaps = by_budget[b]
+        specs = tuple(spec_lib.load(os.path.join(s['dir'], 'spec.json')) for s in snaps)
+        row = self._row(Point('pruned', crit, f'budget{b}', specs, b),
+                        [s['dir'] for s in snaps], snaps, [s['seed'] for s in snaps])
+        mean = lambda key: sum(s[key] for s in snaps) / len(snaps)
+        row.update(compilations=snaps[0]['compilations'], rounds=round(mean('round')),
+                   prune_train_macs=mean('prune_train_macs'),
+                   prune_seconds=mean('prune_seconds'))
         self.rows.append(row)
-      self._progress(f'prune-and-tune ({crit})')
+      if crit == scfg.main_criterion:
+        snapshots = by_budget
     points = self.scratch_points(snapshots)
     self._total += sum(len(scfg.seeds) for _ in points)
     for p in points:
-      dirs, finals, owner = [], [], None
-      for seed in scfg.seeds:
-        key = (p.spec.to_json(), seed, p.schedule)
+      dirs, finals, owner, specs = [], [], None, []
+      for i, seed in enumerate(scfg.seeds):
+        spec, schedule = p.run(i)
+        key = (spec.to_json(), seed, schedule)
         d = os.path.join(self.workdir, 'arms', p.arm, f'{p.family}_{p.label}', f'seed{seed}')
         if key in self._runs:
           d, owner = self._runs[key]
         else:
           self._runs[key] = (d, f'{p.arm} {p.family} {p.label}')
-        finals.append(self._train(p.spec, d, seed, p.schedule))
+        finals.append(self._train(spec, d, seed, schedule))
         dirs.append(d)
+        specs.append(spec)
         self._progress(f'{p.arm}/{p.family}/{p.label} seed {seed}'
                        + (f' (the run of {owner})' if owner else ''))
-      row = self._row(p, dirs, finals)
+      row = self._row(dataclasses.replace(p, specs=tuple(specs),
+                                          schedules=tuple(p.run(i)[1]
+                                                          for i in range(len(scfg.seeds)))),
+                      dirs, finals, list(scfg.seeds))
       row['same_run_as'] = owner
       self.rows.append(row)
+    check_matched(self.rows, scfg.main_criterion)
     return self.rows
 
-  def _row(self, p: Point, dirs, finals) -> dict:
+  def _row(self, p: Point, dirs, finals, seeds) -> dict:
     errs = [f['test_error'] for f in finals]
     mean = sum(errs) / len(errs)
     std = (sum((e - mean) ** 2 for e in errs) / (len(errs) - 1)) ** 0.5 if len(errs) > 1 else 0.0
+    specs = list(p.specs)
+    avg = lambda values: sum(values) / len(values)
     return {'arm': p.arm, 'family': p.family, 'label': p.label, 'budget': p.budget,
-            'params': spec_lib.count_params(p.spec, self.nc),
-            'macs': spec_lib.count_macs(p.spec, self.size, self.nc),
+            'match': p.match or p.budget,
+            'params': round(avg([spec_lib.count_params(s, self.nc) for s in specs])),
+            'macs': round(avg([spec_lib.count_macs(s, self.size, self.nc) for s in specs])),
             'test_error': mean, 'test_error_std': std, 'seeds': len(errs),
-            'schedule': p.schedule,
-            'train_seconds': sum(f.get('train_seconds', 0.0) for f in finals) / len(finals),
-            'train_macs': sum(f.get('train_macs', 0) for f in finals) / len(finals),
+            'seed_ids': list(seeds), 'run_errors': errs,
+            'schedule': avg(list(p.schedules)),
+            'train_seconds': avg([f.get('train_seconds', 0.0) for f in finals]),
+            'train_macs': avg([f.get('train_macs', 0) for f in finals]),
             'compilations': None, 'same_run_as': None,
-            'wider_than_base': wider_than_base(p.spec, self.base_spec),
-            'runs': list(dirs), 'spec': spec_lib.to_json(p.spec)}
+            'wider_than_base': any(wider_than_base(s, self.base_spec) for s in specs),
+            'runs': list(dirs), 'spec': spec_lib.to_json(specs[0]),
+            'specs': [spec_lib.to_json(s) for s in specs]}
+
+
+def check_matched(rows, main: str):
+  """Every from-scratch network the report compares with a pruned one "of the same size" is at
+  most MATCH_TOLERANCE larger than it (the study's protocol; a bug if not)."""
+  pruned = {r['budget']: r for r in rows if r['arm'] == 'pruned' and r['family'] == main}
+  for r in rows:
+    if r['arm'] in ('reduced', 'scratch', 'scratch_b', 'copycat') and r['match'] in pruned:
+      p = pruned[r['match']]
+      if r['params'] > (1 + MATCH_TOLERANCE) * p['params']:
+        raise AssertionError(f'{r["arm"]} {r["family"]} {r["label"]} ({r["params"]:,} params) '
+                             f'is more than {MATCH_TOLERANCE:.0%} larger than the pruned network '
+                             f'it is compared with ({p["params"]:,})')
 
 
 def use_compilation_cache(directory: str):

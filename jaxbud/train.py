@@ -105,12 +105,14 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def make_preprocess(ds: data_lib.Dataset, *, crop_pad: int, flip: bool, dtype):
-  """(rng, step, uint8 images) -> augmented, normalised inputs; the key is fold_in(rng, step)."""
+def make_preprocess(ds: data_lib.Dataset, *, crop_pad: int, flip: bool, dtype,
+                    pad_mode: str = 'reflect'):
+  """(rng, step, uint8 images) -> augmented, normalised inputs; the key is fold_in(rng, step).
+  `pad_mode`: the random crop's padding, 'reflect' or 'zeros' (`augment.random_crop_flip`)."""
 
   def preprocess(rng, step, images):
     key = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
-    x = augment.random_crop_flip(key, images, crop_pad, flip)
+    x = augment.random_crop_flip(key, images, crop_pad, flip, pad_mode)
     return augment.normalize(x, ds.mean, ds.std, dtype)
 
   return preprocess
@@ -142,9 +144,12 @@ def make_update(model, tx):
   return update
 
 
-def make_train_step(model, tx, ds: data_lib.Dataset, *, crop_pad: int, flip: bool):
-  """The pure step: augment + normalise on device, forward/backward in train mode, SGD update."""
-  preprocess = make_preprocess(ds, crop_pad=crop_pad, flip=flip, dtype=model.dtype)
+def make_train_step(model, tx, ds: data_lib.Dataset, *, crop_pad: int, flip: bool,
+                    pad_mode: str = 'reflect'):
+  """The pure step: augment + normalise on device, forward/backward in train mode, SGD update.
+  Random crops pad by reflection by default, as the reference's training script does."""
+  preprocess = make_preprocess(ds, crop_pad=crop_pad, flip=flip, dtype=model.dtype,
+                               pad_mode=pad_mode)
   update = make_update(model, tx)
 
   def train_step(state: TrainState, batch):
@@ -245,13 +250,13 @@ class TrainSetup:
   def functions(self, mesh):
     """(init, train step, eval step), jitted for `mesh`: init(key, data_seed=) -> TrainState."""
     if mesh not in self.jitted:
-      crop_pad, flip = input_pipeline.device_augment(self.config)
+      augmentation = input_pipeline.device_augment(self.config)
       self.jitted[mesh] = (
           parallel.jit_once(functools.partial(create_state, self.model, self.tx,
                                               image_shape=self.dataset.image_shape),
                             out_shardings=parallel.replicated(mesh)),
-          parallel.jit(make_train_step(self.model, self.tx, self.dataset, crop_pad=crop_pad,
-                                       flip=flip), donate_argnums=0),
+          parallel.jit(make_train_step(self.model, self.tx, self.dataset, **augmentation),
+                       donate_argnums=0),
           parallel.jit(make_eval_step(self.model, self.dataset),
                        out_shardings=parallel.replicated(mesh)))
     return self.jitted[mesh]
@@ -276,16 +281,21 @@ def setup(config, dataset: data_lib.Dataset | None = None) -> TrainSetup:
   parallel.check_batch(tcfg.eval_batch_size, 'train.eval_batch_size')
   if config.model.dtype not in DTYPES:
     raise UsageError(f'unknown model.dtype {config.model.dtype!r}; expected one of {DTYPES}')
+  input_pipeline.pad_mode(config)  # data.pad_mode is one the random crop knows
   if dataset is None:
     dcfg = config.data
     dataset = data_lib.load(dcfg.name, data_dir=dcfg.data_dir or None,
                             manual_dir=dcfg.manual_dir or None, image_size=dcfg.image_size,
-                            synthetic_options=dcfg.get('synthetic'))
+                            synthetic_options=dcfg.get('synthetic'),
+                            downsample=dcfg.get('downsample', 1))
   spec = build_spec(config.model, dataset.image_shape[-1])
-  steps_per_epoch = len(dataset.train_labels) // tcfg.batch_size
-  if steps_per_epoch < 1:
+  if tcfg.batch_size > len(dataset.train_labels):
     raise UsageError(f'train.batch_size={tcfg.batch_size} is larger than the '
                      f'{len(dataset.train_labels)} training images of {dataset.name}')
+  # Epochs end with their partial batch, as the reference's DataLoader does (391 steps per
+  # CIFAR epoch at batch 128); train_and_evaluate reads the batches the same way.
+  steps_per_epoch = input_pipeline.steps_per_epoch(len(dataset.train_labels), tcfg.batch_size,
+                                                   drop_last=False)
   model = models.build(spec, dataset.num_classes, config.model.dtype)
   return TrainSetup(config, dataset, spec, model, make_optimizer(tcfg, steps_per_epoch),
                     steps_per_epoch)
@@ -376,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   f'{spe} steps/epoch, {total} steps')
   batches = input_pipeline.train_batches(config, ds, seed=config.seed,
                                          batch_size=tcfg.batch_size, start=start, stop=total,
-                                         mesh=mesh)
+                                         mesh=mesh, drop_last=False)  # as ts.steps_per_epoch
   state, _ = loop.run(task, state, batches, start)
   if not task.last:  # nothing left to train: report the restored state
     task.evaluate(state)
@@ -385,12 +395,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.close()
   macs = spec_lib.count_macs(ts.spec, ds.image_shape[0], ds.num_classes)
   final = {**task.last, 'step': total, 'params': spec_lib.count_params(ts.spec, ds.num_classes),
-           'macs': macs, 'train_macs': training_macs(macs, total * tcfg.batch_size),
+           'macs': macs, 'train_macs': training_macs(macs, tcfg.epochs * epoch_images(ts)),
            'train_seconds': loop.elapsed()}
   if jax.process_index() == 0:
     stats.save_predictions(os.path.join(workdir, 'predictions.npz'), **task.predictions)
   write_json(os.path.join(workdir, 'final.json'), final)
   return final
+
+
+def epoch_images(ts: TrainSetup) -> int:
+  """Images one training epoch reads (the last batch may be partial)."""
+  spe, last = input_pipeline.epoch_layout(len(ts.dataset.train_labels),
+                                          ts.config.train.batch_size, drop_last=False)
+  return (spe - 1) * ts.config.train.batch_size + last
 
 
 def training_macs(macs_per_image: int, images: int) -> int:

@@ -1,15 +1,16 @@
-r"""Copies a finished study's outputs into docs/study_digits and regenerates the README's results.
+r"""Copies a finished study's outputs into docs/<name> and regenerates its README results block.
 
   python -m launch.study                       # writes runs/study_digits
   python scripts/publish_study.py --src=runs/study_digits
+  python scripts/publish_study.py --src=runs/study_fashion_mnist --dst=docs/study_fashion_mnist
 
-The README's block between the study-results markers is `jaxbud.report.results_block` of
-docs/study_digits; tests/test_docs.py checks that they agree.
+The README's block between that study's markers is `jaxbud.report.results_block` of docs/<name>
+(the table and the RQ headlines); tests/test_docs.py checks that they agree.
 
-  python scripts/publish_study.py --check --src=OTHER_RUN
+  python scripts/publish_study.py --check --src=OTHER_RUN [--dst=docs/study_fashion_mnist]
 
-compares another run's results block (table and verdicts, no measured times) with the README's
-and prints the lines that differ; exit status 1 if any do.
+compares another run's table and every comparison's verdict line (no measured times) with the
+published study's and prints the lines that differ; exit status 1 if any do.
 """
 import argparse
 import difflib
@@ -32,19 +33,19 @@ def main(argv=None):
   parser.add_argument('--dst', default=os.path.join(ROOT, 'docs', 'study_digits'))
   parser.add_argument('--readme', default=os.path.join(ROOT, 'README.md'))
   parser.add_argument('--check', action='store_true',
-                      help='compare --src with the README instead of publishing it')
+                      help='compare --src with the study published in --dst instead of '
+                           'publishing it')
   args = parser.parse_args(argv)
+  name = os.path.basename(os.path.normpath(args.dst))
   missing = [f for f in FILES if not os.path.isfile(os.path.join(args.src, f))]
   if missing:
     parser.error(f'{args.src} is not a finished study (missing {", ".join(missing)})')
   if args.check:
-    with open(args.readme) as f:
-      text = f.read()
-    start = text.index(report.README_BEGIN) + len(report.README_BEGIN)
-    published = text[start:text.index(report.README_END)].strip('\n').splitlines()
-    fresh = report.results_block(args.src).splitlines()
-    diff = list(difflib.unified_diff(published, fresh, 'README', args.src, lineterm='', n=0))
-    print('\n'.join(diff) if diff else f'{args.src}: the same table and verdicts as the README')
+    published = report.results_block(args.dst, full=True).splitlines()
+    fresh = report.results_block(args.src, full=True).splitlines()
+    diff = list(difflib.unified_diff(published, fresh, args.dst, args.src, lineterm='', n=0))
+    print('\n'.join(diff) if diff else
+          f'{args.src}: the same table and verdicts as {args.dst}')
     sys.exit(1 if diff else 0)
   os.makedirs(args.dst, exist_ok=True)
   for f in FILES:
@@ -52,8 +53,8 @@ def main(argv=None):
   with open(args.readme) as f:
     text = f.read()
   with open(args.readme, 'w') as f:
-    f.write(report.replace_block(text, report.results_block(args.dst)))
-  print(f'copied {len(FILES)} files to {args.dst} and regenerated the results in {args.readme}')
+    f.write(report.replace_block(text, report.results_block(args.dst), name))
+  print(f'copied {len(FILES)} files to {args.dst} and regenerated its results in {args.readme}')
 
 
 if __name__ == '__main__':

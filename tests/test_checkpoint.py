@@ -1,6 +1,7 @@
 """Checkpoints carry their spec: a smaller (pruned) network restores without knowing its shape."""
 import jax
 import numpy as np
+import pytest
 
 from configs import default
 from jaxbud import checkpoint as ckpt_lib
@@ -41,3 +42,19 @@ def test_keeps_only_the_latest_checkpoints(tmp_path):
     ckpts.save(step, state, spec)
   ckpts.wait()
   assert ckpts.manager.all_steps() == [2, 3]
+
+
+def test_a_save_orbax_declines_is_an_error(tmp_path):
+  # Orbax skips a step at or below the newest saved one; keeping the older state silently
+  # would hide a stale snapshot, so Checkpoints.save raises instead.
+  spec = spec_lib.wrn(10, 1, in_channels=1)
+  tx = train.make_optimizer(default.get_config().train, steps_per_epoch=10)
+  state = train.create_state(models.build(spec, 10), tx, jax.random.key(1), (8, 8, 1))
+  ckpts = ckpt_lib.Checkpoints(tmp_path, keep=2)
+  ckpts.save(5, state, spec)
+  ckpts.wait()
+  with pytest.raises(RuntimeError, match=r'checkpoint step 5 was not saved .*newest saved step '
+                                         r'is 5'):
+    ckpts.save(5, state, spec)
+  with pytest.raises(RuntimeError, match='checkpoint step 3 was not saved'):
+    ckpts.save(3, state, spec)

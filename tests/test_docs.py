@@ -2,6 +2,8 @@
 import os
 import re
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -15,15 +17,19 @@ def test_extending_md_runs():
   assert namespace['summary']['criterion'] == 'bn_scale'
 
 
-def test_readme_results_are_the_published_study():
-  """The README's results block is generated from docs/study_digits (scripts/publish_study.py),
-  and docs/study_digits/report.md carries the same table and verdicts (with measured times)."""
+@pytest.mark.parametrize('name', ['study_digits', 'study_fashion_mnist'])
+def test_readme_results_are_the_published_study(name):
+  """The README's results block of each published study is generated from docs/<name>
+  (scripts/publish_study.py), and docs/<name>/report.md carries the same table and verdicts
+  (with measured times)."""
   import json  # pylint: disable=g-import-not-at-top
   from jaxbud import report  # pylint: disable=g-import-not-at-top
-  src = os.path.join(ROOT, 'docs', 'study_digits')
+  src = os.path.join(ROOT, 'docs', name)
+  if not os.path.isdir(src):
+    pytest.skip(f'docs/{name} is not published yet')
   readme = open(os.path.join(ROOT, 'README.md')).read()
   block = report.results_block(src)
-  assert report.replace_block(readme, block) == readme
+  assert report.replace_block(readme, block, name) == readme
   published = open(os.path.join(src, 'report.md')).read()
   rows = json.load(open(os.path.join(src, 'results.json')))
   assert report.table(rows) in published

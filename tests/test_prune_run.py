@@ -4,6 +4,7 @@ Kill-and-resume of prune runs is in tests/test_reliability.py.
 """
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -186,3 +187,24 @@ def test_budget_above_the_base_and_missing_base_are_clear_errors(base, tmp_path)
     prune_tune.prune_and_tune(small_config(base, eval_every_rounds=0), str(tmp_path / 'd'))
   assert not any((tmp_path / d).exists() for d in 'abcd')
   assert not (tmp_path / 'nothing').exists()
+
+
+def test_a_snapshot_taken_again_after_a_resume_replaces_the_old_one(base, tmp_path):
+  c = small_config(base, budgets=(72_000,), stop_after_last_budget=True, eval_every_rounds=50,
+                   checkpoint_every_rounds=50)
+  workdir = tmp_path / 'p'
+  first = prune_tune.prune_and_tune(c, str(workdir))
+  (snap,) = first['snapshots']
+  ckpt_dir = os.path.join(snap['dir'], 'checkpoint')
+  before = ckpt_lib.Checkpoints(ckpt_dir).all_steps()
+  # A run interrupted after its snapshot but before its next checkpoint: it resumes from an
+  # earlier state (here: from the start) and takes the snapshot again at the same step, which
+  # Orbax alone would decline to save over the old one.
+  with open(os.path.join(ckpt_dir, 'left_by_the_interrupted_run'), 'w') as f:
+    f.write('stale')
+  shutil.rmtree(workdir / 'checkpoints')
+  os.remove(workdir / 'summary.json')
+  again = prune_tune.prune_and_tune(c, str(workdir))
+  assert again['snapshots'][0]['step'] == snap['step'] and before == [snap['step']]
+  assert not os.path.exists(os.path.join(ckpt_dir, 'left_by_the_interrupted_run'))
+  assert ckpt_lib.Checkpoints(ckpt_dir).all_steps() == before

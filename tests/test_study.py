@@ -28,10 +28,11 @@ def tiny_study_config():
   c.prune.update(prune_every=2, compact_every=64, log_every_rounds=50, eval_every_rounds=40)
   # Two reduced families (depth, width); the bottleneck family trains the same way and is
   # planned in test_cifar_study_dry_run_needs_no_data.
+  # Two prune seeds (two base networks, two prune runs) and one from-scratch seed.
   c.study.update(criteria=('fisher',), budgets=(90_000,), copycat_budget=90_000, seeds=(0,),
+                 prune_seeds=(0, 1),
                  reduced=('wrn_depth', 'wrn_width'),
-                 depths=(10,), latency_batch_sizes=(1, 8), latency_repeats=2,
-                 bootstrap_samples=500)
+                 depths=(10,), latency_batch_sizes=(1, 8), latency_repeats=2)
   return c
 
 
@@ -55,8 +56,10 @@ def test_scale_schedule_stretches_epochs_and_milestones():
   assert isinstance(tx, optax.GradientTransformation)
 
 
-def test_scratch_b_factor_is_the_macs_ratio_capped_at_two():
-  assert study.scratch_b_factor(1000, 800) == 1.25 and study.scratch_b_factor(1000, 100) == 2.0
+def test_scratch_b_factor_is_the_macs_ratio_capped_only_when_asked():
+  assert study.scratch_b_factor(1000, 800) == 1.25 and study.scratch_b_factor(1000, 100) == 10.0
+  assert study.scratch_b_factor(1000, 100, cap=2.0) == 2.0  # Liu et al.'s ImageNet code
+  assert study.scratch_b_factor(1000, 800, cap=2.0) == 1.25
 
 
 def test_closest_and_copycat_hit_the_budget():
@@ -65,7 +68,8 @@ def test_closest_and_copycat_hit_the_budget():
   assert abs(spec_lib.count_params(s, 10) - 400_000) < 0.05 * 400_000
   profile = base.with_prunable((5, 0, 40, 10, 100, 3))
   cc = study.copycat_spec(profile, 300_000, 10)
-  assert abs(spec_lib.count_params(cc, 10) - 300_000) < 0.03 * 300_000
+  # The largest copycat within the budget: never larger than the pruned network it meets.
+  assert 0.97 * 300_000 < spec_lib.count_params(cc, 10) <= 300_000
   assert cc.prunable[1] >= 1  # the copycat rule max(1, round(s * w)) revives empty blocks
   assert cc.prunable[4] > cc.prunable[3] > cc.prunable[0]  # the profile's shape is kept
   assert study.wider_than_base(study.copycat_spec(profile, 1_000_000, 10), base)
@@ -130,13 +134,34 @@ def test_depth_family_meets_a_pruned_network_of_its_own_size(tiny):
   _, _, out = tiny
   (depth,) = _rows(out, 'reduced', 'wrn_depth')
   assert depth['params'] == depth['budget'] == WRN_10_1
+  (width,) = _rows(out, 'reduced', 'wrn_width')
   pruned = {r['budget']: r for r in _rows(out, 'pruned')}
-  assert set(pruned) == {90_000, WRN_10_1}
-  assert WRN_10_1 - 1200 < pruned[WRN_10_1]['params'] <= WRN_10_1  # within one channel below
+  # A snapshot at each reduced network's own size: the width network's (a step above 90,000)
+  # and the depth network's; the study's own budget for the scratch and copycat arms.
+  assert width['budget'] == 90_000 and width['match'] == width['params'] == 90_838
+  assert set(pruned) == {90_000, WRN_10_1, 90_838}
+  for r in (depth, width):
+    p = pruned[r['match']]
+    assert r['params'] - 1200 < p['params'] <= r['params']  # within one channel below
+    assert len(p['runs']) == 2 and p['seed_ids'] == [0, 1]  # one snapshot per prune seed
   rq1 = [c for c in out['comparisons'] if c['rq'] == 'RQ1']
-  assert {c['budget'] for c in rq1} == {90_000, WRN_10_1}
+  assert sorted(c['b'] for c in rq1) == sorted(
+      f'fisher-pruned ({pruned[m]["params"]:,} params)' for m in (WRN_10_1, 90_838))
   assert {c['rq'] for c in out['comparisons'] if c['budget'] == WRN_10_1} == {
       'RQ1', 'RQ3', 'RQ5'}
+
+
+def test_no_same_size_pair_has_a_larger_from_scratch_side():
+  rows = [{'arm': 'pruned', 'family': 'fisher', 'budget': 1000, 'params': 1000},
+          {'arm': 'reduced', 'family': 'wrn_width', 'label': 'budget1000', 'match': 1000,
+           'params': 1020},
+          {'arm': 'copycat', 'family': 'fisher', 'label': 'budget1000', 'match': 1000,
+           'params': 990}]
+  study.check_matched(rows, 'fisher')  # 2% larger at most
+  rows[1]['params'] = 1021
+  with pytest.raises(AssertionError, match=r'reduced wrn_width budget1000 \(1,021 params\) is '
+                                           r'more than 2% larger than the pruned network'):
+    study.check_matched(rows, 'fisher')
 
 
 def test_copycat_at_the_profile_budget_reuses_the_scratch_run(tiny):
@@ -154,7 +179,9 @@ def test_scratch_b_trains_the_stretched_schedule(tiny):
   (sb,) = _rows(out, 'scratch_b')
   (pruned,) = [r for r in _rows(out, 'pruned') if r['budget'] == 90_000]
   base = _rows(out, 'base')[0]
-  factor = min(base['macs'] / pruned['macs'], 2.0)
+  # Seed 0 trains the architecture of prune seed 0 (the row's first snapshot).
+  snap = json.load(open(os.path.join(pruned['runs'][0], 'result.json')))
+  factor = min(base['macs'] / snap['macs'], 2.0)  # study_digits caps at 2
   cfg = json.load(open(os.path.join(sb['runs'][0], 'config.json')))
   # Whole epochs: 2 x factor rounded; the milestone (epoch 1) moves with them.
   assert cfg['train']['epochs'] == round(2 * factor) == 3
@@ -166,21 +193,29 @@ def test_scratch_b_trains_the_stretched_schedule(tiny):
 
 def test_each_budget_is_charged_its_own_prune_cost(tiny):
   _, workdir, out = tiny
-  base = _rows(out, 'base')[0]
-  summary = json.load(open(workdir / 'prune_fisher' / 'summary.json'))
-  snaps = {s['budget']: s for s in summary['snapshots']}
+  bases = [json.load(open(workdir / 'base' / f'seed{s}' / 'final.json')) for s in (0, 1)]
+  snaps = [{s['budget']: s for s in json.load(open(
+      workdir / 'prune_fisher' / f'seed{seed}' / 'summary.json'))['snapshots']} for seed in (0, 1)]
   for r in _rows(out, 'pruned'):
-    assert r['train_macs'] == base['train_macs'] + snaps[r['budget']]['prune_train_macs']
+    # The mean over the prune seeds of (its base's training + its prune run to the snapshot).
+    per_run = [b['train_macs'] + s[r['budget']]['prune_train_macs'] for b, s in zip(bases, snaps)]
+    assert r['train_macs'] == pytest.approx(sum(per_run) / 2)
+    assert r['prune_train_macs'] == pytest.approx(
+        sum(s[r['budget']]['prune_train_macs'] for s in snaps) / 2)
   costs = sorted((r['params'], r['train_macs']) for r in _rows(out, 'pruned'))
-  assert costs[0][1] > costs[1][1]  # the smaller snapshot took more pruning
-  for c in (c for c in out['comparisons'] if c['rq'] == 'RQ5'):
-    assert c['verdict'] == (stats.SUPPORTED if c['a_macs'] < c['b_macs'] else
-                            stats.CONTRADICTED)
+  assert costs[0][1] > costs[-1][1]  # the smallest snapshot took the most pruning
+  rq5 = [c for c in out['comparisons'] if c['rq'] == 'RQ5']
+  assert len(rq5) == 2
+  for c in rq5:  # numbers, not a verdict: both multiples of the reduced network's compute
+    assert 'verdict' not in c and c['multiple'] == pytest.approx(c['b_macs'] / c['a_macs'])
+    assert c['prune_multiple'] == pytest.approx(c['prune_macs'] / c['a_macs'])
+    assert c['multiple'] > c['prune_multiple'] > 0
 
 
 def test_report_states_interval_verdict_and_evidence_for_every_comparison(tiny):
   _, workdir, out = tiny
   paired = [c for c in out['comparisons'] if c['rq'] in ('RQ1', 'RQ2', 'RQ4')]
+  assert {c['runs_b'] for c in paired if c['b'].startswith('fisher-pruned')} == {2}
   assert paired
   for c in paired:
     assert c['lo'] <= c['diff'] <= c['hi'] and c['images'] == 360
@@ -192,18 +227,58 @@ def test_report_states_interval_verdict_and_evidence_for_every_comparison(tiny):
   assert f'Machine: {bench.platform_name()}; jax ' in report
   for rq in ('RQ1', 'RQ2', 'RQ3', 'RQ4', 'RQ5'):
     assert f'**{rq}.**' in report
-  assert report.count('(360 test images; 1 vs 1 run)') == len(paired)
+  assert report.count('(360 test images; 1 vs 2 runs)') == sum(
+      c['b'].startswith('fisher-pruned') for c in paired)
   for c in out['comparisons']:
-    assert f'**{c["verdict"]}**' in report
+    if c['rq'] != 'RQ5':
+      assert f'**{c["verdict"]}**' in report
 
 
 def test_rerun_reuses_every_finished_run(tiny):
   c, workdir, _ = tiny
   finals = sorted(str(p) for p in workdir.rglob('final.json')) + \
-      [str(workdir / 'prune_fisher' / 'summary.json')]
+      [str(workdir / 'prune_fisher' / f'seed{s}' / 'summary.json') for s in (0, 1)]
   stamps = {p: os.stat(p).st_mtime_ns for p in finals}
   study.run_study(c, str(workdir))
   assert {p: os.stat(p).st_mtime_ns for p in finals} == stamps
+
+
+def test_a_run_made_under_other_settings_is_never_reused(tiny, tmp_path):
+  c, workdir, _ = tiny
+  # Another training setting: the base networks' fingerprints differ; nothing is written.
+  c2 = tiny_study_config()
+  c2.train.lr = 0.05
+  before = {p: os.stat(p).st_mtime_ns for p in workdir.rglob('*') if p.is_file()}
+  with pytest.raises(ValueError, match=r'base/seed0 holds a run made with other settings '
+                                       r'\(train.lr differ\)'):
+    study.Study(c2, str(workdir)).run_all()
+  # A budget added after the prune runs finished: a clear message, not a silent skip.
+  c3 = tiny_study_config()
+  c3.study.budgets = (100_000, 90_000)
+  with pytest.raises(ValueError, match=r'prune_fisher/seed0 has no snapshot at budget\(s\) '
+                                       r'100,000'):
+    study.Study(c3, str(workdir)).run_all()
+  after = {p: os.stat(p).st_mtime_ns for p in workdir.rglob('*') if p.is_file()}
+  assert {p: t for p, t in after.items() if p in before} == before
+  # A folder with a finished run and no fingerprint (an older jaxbud) is not trusted either.
+  old = tmp_path / 'old'
+  old.mkdir()
+  (old / 'final.json').write_text('{}')
+  with pytest.raises(ValueError, match='holds a run without a fingerprint'):
+    study.check_fingerprint(str(old), {'kind': 'train'}, 'final.json')
+
+
+def test_the_dry_run_checks_the_prune_section_before_anything_trains(tmp_path):
+  c = tiny_study_config()
+  c.study.dry_run = True
+  c.prune.prune_every = 0
+  with pytest.raises(ValueError, match='prune.prune_every must be >= 1, got 0'):
+    study.run_study(c, str(tmp_path / 'never'))
+  c.prune.prune_every = 2
+  c.prune.rounds = 500
+  with pytest.raises(ValueError, match='prune.rounds=500 removes more channels than the 224'):
+    study.run_study(c, str(tmp_path / 'never'))
+  assert not (tmp_path / 'never').exists()
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
@@ -225,7 +300,8 @@ def test_cifar_study_dry_run_needs_no_data(tmp_path):
        f'--workdir={tmp_path}/never', '--config.study.dry_run=True',
        f'--config.data.data_dir={tmp_path}/no_data', '--config.model.depth=16',
        '--config.model.widen=1', '--config.study.depths=(10,)', '--config.train.batch_size=8',
-       '--config.study.budgets=(100000,60000)', '--config.study.copycat_budget=60000'],
+       '--config.study.budgets=(100000,60000)', '--config.study.copycat_budget=60000',
+       '--config.prune.rounds=200'],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'reduced wrn_depth depth10' in r.stdout and 'prune-and-tune (l1)' in r.stdout
