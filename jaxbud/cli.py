@@ -11,6 +11,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 from jaxbud import preempt
@@ -56,6 +57,26 @@ def config_and_workdir(config_help: str, workdir_help: str, config_default=None,
   return define_config(config_help, config_default), workdir
 
 
+# Flags and config fields that hold paths: `~` and $VARIABLES in them are expanded (tfds and
+# Orbax would otherwise make a folder named `~`).
+PATH_FLAGS = ('workdir', 'src', 'out')
+CONFIG_PATH_FIELDS = ('data_dir', 'manual_dir', 'base_workdir', 'spec_file')
+
+
+def expand_path(path: str) -> str:
+  """`path` with `~` and environment variables expanded ('' stays '')."""
+  return os.path.expandvars(os.path.expanduser(path)) if path else path
+
+
+def expand_config_paths(config: ml_collections.ConfigDict) -> None:
+  """Expands `~` and $VARIABLES in every path field of `config` (CONFIG_PATH_FIELDS), in place."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      expand_config_paths(value)
+    elif key in CONFIG_PATH_FIELDS and isinstance(value, str):
+      config[key] = expand_path(value)
+
+
 def fail(message: str, status: int = 2):
   """Prints one line to stderr and exits with `status` (2: a usage error)."""
   print(f'error: {" ".join(str(message).split())}', file=sys.stderr)
@@ -69,11 +90,17 @@ def _parse(argv):
     fail(f'the config has no field {str(e).strip(chr(34))} (check the --config.* flags)')
   except (flags.Error, KeyError, TypeError, ValueError) as e:
     fail(f'bad flag: {e}')
-  if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
-    try:  # ml_collections defers a failed load of the file to the first use of the config
-      flags.FLAGS.config.keys()
-    except OSError as e:
-      fail(f'could not load --config: {e}')
+  if 'config' in flags.FLAGS:
+    if flags.FLAGS['config'].present:
+      try:  # ml_collections defers a failed load of the file to the first use of the config
+        flags.FLAGS.config.keys()
+      except OSError as e:
+        fail(f'could not load --config: {e}')
+    if flags.FLAGS.config is not None:
+      expand_config_paths(flags.FLAGS.config)
+  for name in PATH_FLAGS:
+    if name in flags.FLAGS and isinstance(flags.FLAGS[name].value, str):
+      flags.FLAGS[name].value = expand_path(flags.FLAGS[name].value)
   return rest
 
 

@@ -9,7 +9,8 @@
   the dimension 'batch', output 'logits'. It always computes in float32 (a bfloat16 network's
   params are float32 already), since onnxruntime has no bfloat16 convolutions on CPU.
 - spec.json and model.json of the network.
-Every check on the flags and the source runs before anything is written.
+`formats` picks the artifacts (default both); StableHLO needs only the core install, ONNX the
+`export` extra (onnx). Every check on the flags and the source runs before anything is written.
 """
 import json
 import os
@@ -24,6 +25,7 @@ from jaxbud import models
 from jaxbud import spec as spec_lib
 
 FILES = ('model.stablehlo', 'model.onnx', 'spec.json', 'model.json')
+FORMATS = {'stablehlo': 'model.stablehlo', 'onnx': 'model.onnx'}
 DEFAULT_OPSET = 17
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 
@@ -61,12 +63,19 @@ def _converter():
   return jaxpr_onnx
 
 
-def check(src, out, overwrite: bool = False, opset: int = DEFAULT_OPSET):
-  """The checks `export` runs before writing: opset, output folder, source (UsageError)."""
-  lo, hi = _converter().MIN_OPSET, _converter().max_opset()
-  if isinstance(opset, bool) or not isinstance(opset, int) or not lo <= opset <= hi:
-    raise errors.UsageError(f'--opset={opset} is not supported; use an ONNX opset from {lo} '
-                            f'to {hi} (default {DEFAULT_OPSET})')
+def check(src, out, overwrite: bool = False, opset: int = DEFAULT_OPSET,
+          formats=tuple(FORMATS)):
+  """The checks `export` runs before writing: formats, opset, output folder, source
+  (UsageError)."""
+  unknown = [f for f in formats if f not in FORMATS]
+  if unknown or not formats:
+    raise errors.UsageError(f'--formats={",".join(formats)}: expected one or more of '
+                            f'{",".join(FORMATS)}')
+  if 'onnx' in formats:
+    lo, hi = _converter().MIN_OPSET, _converter().max_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not lo <= opset <= hi:
+      raise errors.UsageError(f'--opset={opset} is not supported; use an ONNX opset from {lo} '
+                              f'to {hi} (default {DEFAULT_OPSET})')
   if not out:
     raise errors.UsageError('--out is empty; give the folder to write the exported files to')
   if os.path.exists(out):
@@ -79,24 +88,27 @@ def check(src, out, overwrite: bool = False, opset: int = DEFAULT_OPSET):
   inference.read_model_json(src)
 
 
-def export(src, out, overwrite: bool = False, opset: int = DEFAULT_OPSET) -> dict:
-  """Writes FILES for the network in `src` into `out`; returns paths, sizes and seconds."""
-  src, out = os.fspath(src), os.fspath(out)
-  check(src, out, overwrite, opset)
+def export(src, out, overwrite: bool = False, opset: int = DEFAULT_OPSET,
+           formats=tuple(FORMATS)) -> dict:
+  """Writes the `formats` artifacts, spec.json and model.json for the network in `src` into
+  `out`; returns paths, sizes and seconds per format."""
+  src, out, formats = os.fspath(src), os.fspath(out), tuple(formats)
+  check(src, out, overwrite, opset, formats)
   net = inference.load(src)
-  t0 = time.perf_counter()
-  hlo = stablehlo(net)
-  t1 = time.perf_counter()
-  onnx_bytes = onnx_model(net, opset).SerializeToString()
-  t2 = time.perf_counter()
+  contents, seconds = {}, {}
+  make = {'stablehlo': lambda: stablehlo(net),
+          'onnx': lambda: onnx_model(net, opset).SerializeToString()}
+  for f in formats:
+    t0 = time.perf_counter()
+    contents[FORMATS[f]] = make[f]()
+    seconds[f] = time.perf_counter() - t0
+  contents.update({'spec.json': (spec_lib.to_json(net.spec) + '\n').encode(),
+                   'model.json': json.dumps(net.info, indent=1).encode()})
   os.makedirs(out, exist_ok=True)
-  contents = {'model.stablehlo': hlo, 'model.onnx': onnx_bytes,
-              'spec.json': (spec_lib.to_json(net.spec) + '\n').encode(),
-              'model.json': json.dumps(net.info, indent=1).encode()}
-  for name in FILES:
+  for name, data in contents.items():
     with open(os.path.join(out, name), 'wb') as f:
-      f.write(contents[name])
-  return {'files': {n: os.path.join(out, n) for n in FILES},
-          'bytes': {n: len(contents[n]) for n in FILES},
-          'stablehlo_seconds': t1 - t0, 'onnx_seconds': t2 - t1, 'params': net.num_params,
-          'opset': opset}
+      f.write(data)
+  return {'files': {n: os.path.join(out, n) for n in contents},
+          'bytes': {n: len(data) for n, data in contents.items()},
+          'seconds': seconds, 'params': net.num_params,
+          'opset': opset if 'onnx' in formats else None}

@@ -1,9 +1,10 @@
 r"""Exports a trained network or pruned snapshot as StableHLO (jax.export) and ONNX.
 
   python -m launch.export --src=runs/prune/snapshots/563930 --out=/tmp/jaxbud/export \
-      [--overwrite] [--opset=17]
+      [--formats=stablehlo,onnx] [--overwrite] [--opset=17]
 
-Writes model.stablehlo, model.onnx, spec.json and model.json into --out (docs/export.md).
+Writes model.stablehlo and/or model.onnx, spec.json and model.json into --out
+(docs/export.md). StableHLO needs only the core install; ONNX needs `pip install -e .[export]`.
 """
 from absl import flags
 
@@ -16,15 +17,19 @@ _OUT = flags.DEFINE_string('out', None, 'Folder for the exported files (new or e
                            required=True)
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Write into --out even if it is not empty.')
 _OPSET = flags.DEFINE_integer('opset', export.DEFAULT_OPSET, 'ONNX opset of model.onnx.')
+_FORMATS = flags.DEFINE_list('formats', list(export.FORMATS),
+                             'Artifacts to write: stablehlo, onnx (onnx needs the export extra).')
 
 
 def main(argv):
   del argv
-  result = export.export(_SRC.value, _OUT.value, _OVERWRITE.value, _OPSET.value)
+  result = export.export(_SRC.value, _OUT.value, _OVERWRITE.value, _OPSET.value,
+                         _FORMATS.value)
   for name, path in result['files'].items():
     print(f'{path}  {result["bytes"][name]:,} bytes')
-  print(f'{result["params"]:,} params; StableHLO {result["stablehlo_seconds"]:.1f} s, '
-        f'ONNX (opset {result["opset"]}) {result["onnx_seconds"]:.1f} s')
+  names = {'stablehlo': 'StableHLO', 'onnx': f'ONNX (opset {result["opset"]})'}
+  print(f'{result["params"]:,} params; ' + ', '.join(
+      f'{names[f]} {s:.1f} s' for f, s in result['seconds'].items()))
 
 
 if __name__ == '__main__':

@@ -21,6 +21,7 @@ import pytest
 from configs import default
 from jaxbud import checkpoint as ckpt_lib
 from jaxbud import data as data_lib
+from jaxbud import errors
 from jaxbud import export
 from jaxbud import inference
 from jaxbud import models
@@ -235,3 +236,22 @@ def test_onnx_routes_script_runs_the_chosen_route(tmp_path):
   rows = [row for row in json.loads(out.read_text()) if row['route'] == 'jaxpr_onnx']
   assert [row['spec'] for row in rows] == ['wrn-10-1', 'wrn-10-1-z0']
   assert all(row['ok'] and row['max_rel_err'] < 1e-4 and row['bytes'] > 0 for row in rows)
+
+
+def test_stablehlo_alone_needs_no_onnx(tmp_path, monkeypatch):
+  src, out = str(tmp_path / 'run'), tmp_path / 'out'
+  make_run(src, *SPECS['wrn'])
+
+  def no_onnx():
+    raise errors.UsageError("ONNX export needs the onnx package: pip install -e '.[export]'")
+
+  monkeypatch.setattr(export, '_converter', no_onnx)  # the core install: no onnx package
+  with pytest.raises(errors.UsageError, match='needs the onnx package'):
+    export.export(src, str(out))
+  assert not out.exists()  # checked before anything is written
+  result = export.export(src, str(out), formats=('stablehlo',))
+  assert sorted(os.listdir(out)) == ['model.json', 'model.stablehlo', 'spec.json']
+  assert set(result['seconds']) == {'stablehlo'} and result['opset'] is None
+  with pytest.raises(errors.UsageError, match='--formats=tflite: expected one or more of '
+                                              'stablehlo,onnx'):
+    export.export(src, str(tmp_path / 'other'), formats=('tflite',))

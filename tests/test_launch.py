@@ -2,11 +2,15 @@
 
 Kill-and-resume of the launchers is in tests/test_reliability.py.
 """
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from configs import study_digits
+from jaxbud import cli
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,3 +67,35 @@ def test_wrn_40_2_cifar10_config_starts_on_a_prepared_data_dir(tmp_path):
   final = __import__('json').load(open(workdir / 'final.json'))
   assert final['params'] == 77_850 and final['step'] == 2  # WRN-10-1 on 32x32x3 images
   assert 'wrn spec' in r.stderr and 'test error' in r.stderr
+
+
+def test_paths_expand_home_and_variables(tmp_path, monkeypatch):
+  monkeypatch.setenv('HOME', str(tmp_path))
+  monkeypatch.setenv('JAXBUD_DATA', str(tmp_path / 'data'))
+  assert cli.expand_path('~/tensorflow_datasets') == str(tmp_path / 'tensorflow_datasets')
+  assert cli.expand_path('$JAXBUD_DATA/manual') == str(tmp_path / 'data' / 'manual')
+  assert cli.expand_path('') == ''
+  c = study_digits.get_config()
+  c.data.data_dir = '~/tensorflow_datasets'
+  c.prune.base_workdir = '${JAXBUD_DATA}/base'
+  c.lock()
+  cli.expand_config_paths(c)
+  assert c.data.data_dir == str(tmp_path / 'tensorflow_datasets')
+  assert c.prune.base_workdir == str(tmp_path / 'data' / 'base')
+  assert c.model.spec_file == '' and c.data.name == 'digits'  # only path fields, '' kept
+
+
+def test_a_launcher_expands_tilde_in_its_workdir(tmp_path):
+  cwd = tmp_path / 'cwd'
+  cwd.mkdir()
+  r = subprocess.run([sys.executable, '-m', 'launch.train', '--config=' + os.path.join(
+      ROOT, 'configs', 'default.py'), '--workdir=~/run', *SMALL, '--config.train.epochs=1',
+                      '--config.data.data_dir=~/tfds'],
+                     cwd=cwd, capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, HOME=str(tmp_path),
+                              PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert (tmp_path / 'run' / 'final.json').exists()  # ~ is $HOME, not a folder named '~'
+  assert os.listdir(cwd) == []
+  config = json.load(open(tmp_path / 'run' / 'config.json'))
+  assert config['data']['data_dir'] == str(tmp_path / 'tfds')
