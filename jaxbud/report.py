@@ -284,21 +284,24 @@ def _save(fig, axes, path):
 
 
 def trajectories(workdir, config) -> dict:
-  """{criterion: the prune run's evaluations (history.json)} of a study folder."""
+  """{criterion: [each prune seed's evaluations (its history.json)]} of a study folder."""
   out = {}
   for crit in config.study.criteria:
-    path = os.path.join(workdir, f'prune_{crit}', 'history.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        out[crit] = json.load(f)['evaluations']
+    for seed in config.study.prune_seeds:
+      path = os.path.join(workdir, f'prune_{crit}', f'seed{seed}', 'history.json')
+      if os.path.exists(path):
+        with open(path) as f:
+          out.setdefault(crit, []).append(json.load(f)['evaluations'])
   return out
 
 
 def _plot_error(rows, trajs, path):
   fig, ax = plt.subplots(figsize=(7.5, 4.8))
-  for crit, evals in sorted(trajs.items()):
-    ax.plot([e['params'] for e in evals], [max(100 * e['test_error'], 0.01) for e in evals],
-            lw=1, alpha=0.6, label=f'{crit} pruning trajectory')
+  for (crit, runs), color in zip(sorted(trajs.items()), ('C7', 'C8', 'C9', 'C6')):
+    for i, evals in enumerate(runs):
+      ax.plot([e['params'] for e in evals], [max(100 * e['test_error'], 0.01) for e in evals],
+              lw=0.8, alpha=0.5, color=color,
+              label=f'{crit} pruning trajectories ({len(runs)} runs)' if i == 0 else None)
   for (arm, fam), marker in zip(sorted({(r['arm'], r['family']) for r in rows}),
                                 'os^vD<>phx*+'):
     pts = sorted((r for r in rows if (r['arm'], r['family']) == (arm, fam)),
