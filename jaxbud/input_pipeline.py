@@ -7,10 +7,10 @@ streams exactly as an ImageNet training run does.
   permutation seeded by (seed, e) alone (`jaxbud.data.epoch_order`), so a run restored at step s
   reads exactly the batches it would have read. With `drop_last=False` (training runs, as the
   reference's DataLoader) an epoch ends with its partial batch, trimmed to a multiple of the
-  device count so that it shards evenly (`epoch_layout`); with `drop_last=True` (the default:
-  prune-and-tune runs, benchmarks) every batch is full and the remainder is not read.
-  In-memory datasets (digits, CIFAR, synthetic) are indexed here; ImageNet is streamed by
-  `jaxbud.data.stream`, whose workers decode, crop and flip on the host.
+  device count so that it shards evenly (`jaxbud.data.epoch_layout`); with `drop_last=True`
+  (the default: prune-and-tune runs, benchmarks) every batch is full and the remainder is not
+  read. In-memory datasets (digits, Fashion-MNIST, CIFAR, synthetic) are indexed here; ImageNet
+  is streamed by `jaxbud.data.stream`, whose workers decode, crop and flip on the host.
 - `eval_batches` yields this process's rows of each global test batch, padded with mask 0.
 - Each process reads (decodes) only its own rows of every global batch (`local_rows`).
 
@@ -51,28 +51,10 @@ def device_augment(config, prune: bool = False) -> dict:
               pad_mode=pad_mode(config, prune))
 
 
-def epoch_layout(n: int, batch_size: int, *, drop_last: bool,
-                 devices: int | None = None) -> tuple[int, int]:
-  """(steps per epoch, rows of the epoch's last batch) for n examples in global batches.
-
-  drop_last=False keeps the last partial batch, as torch's DataLoader does by default
-  (ceil(n / batch_size) steps: 391 per CIFAR epoch at batch 128), trimmed to a multiple of
-  `devices` (default: jax.device_count()) so that it shards evenly; a remainder smaller than
-  that is dropped. drop_last=True gives floor(n / batch_size) full batches.
-  """
-  full, rest = divmod(n, batch_size)
-  if not drop_last:
-    devices = jax.device_count() if devices is None else devices
-    rest -= rest % devices
-    if rest:
-      return full + 1, rest
-  return full, batch_size
-
-
 def steps_per_epoch(n: int, batch_size: int, *, drop_last: bool,
                     devices: int | None = None) -> int:
-  """Steps in one epoch of n examples (see `epoch_layout`)."""
-  return epoch_layout(n, batch_size, drop_last=drop_last, devices=devices)[0]
+  """Steps in one epoch of n examples (see `jaxbud.data.epoch_layout`)."""
+  return data_lib.epoch_layout(n, batch_size, drop_last=drop_last, devices=devices)[0]
 
 
 def local_rows(batch: dict) -> dict:
@@ -86,10 +68,11 @@ def array_batches(ds: data_lib.Dataset, seed: int, batch_size: int, start: int, 
   """Yields (step, this process's rows of global batch `step`) from the in-memory arrays.
 
   Batch i of epoch e holds rows i * batch_size... of epoch e's permutation, so the batches
-  depend on the step alone; with drop_last=False an epoch's last one is partial (`epoch_layout`).
+  depend on the step alone; with drop_last=False an epoch's last one is partial
+  (`jaxbud.data.epoch_layout`).
   """
   n = len(ds.train_labels)
-  spe, last = epoch_layout(n, batch_size, drop_last=drop_last)
+  spe, last = data_lib.epoch_layout(n, batch_size, drop_last=drop_last)
   for step in range(start, stop):
     epoch, i = divmod(step, spe)
     if i == 0 or step == start:

@@ -23,6 +23,7 @@ import time
 import jax
 
 from jaxbud import bench
+from jaxbud import data as data_lib
 from jaxbud import input_pipeline
 from jaxbud import metrics as metrics_lib
 from jaxbud import parallel
@@ -90,7 +91,7 @@ def partial_batch_compile(ts: train_lib.TrainSetup) -> float:
   first and last logged steps holds no compilation."""
   config, ds = ts.config, ts.dataset
   n, b = len(ds.train_labels), config.train.batch_size
-  spe, last = input_pipeline.epoch_layout(n, b, drop_last=False)
+  spe, last = data_lib.epoch_layout(n, b, drop_last=False)
   if last == b:
     return 0.0
   mesh = parallel.make_mesh()

@@ -405,7 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def epoch_images(ts: TrainSetup) -> int:
   """Images one training epoch reads (the last batch may be partial)."""
-  spe, last = input_pipeline.epoch_layout(len(ts.dataset.train_labels),
+  spe, last = data_lib.epoch_layout(len(ts.dataset.train_labels),
                                           ts.config.train.batch_size, drop_last=False)
   return (spe - 1) * ts.config.train.batch_size + last
 

@@ -89,7 +89,7 @@ def test_unknown_pad_mode_is_a_usage_error():
 # --------------------------------------------------------------------------------- last batch
 
 def test_epoch_layout_keeps_the_partial_batch_trimmed_to_the_devices():
-  layout = input_pipeline.epoch_layout
+  layout = data_lib.epoch_layout
   assert layout(50_000, 128, drop_last=False, devices=1) == (391, 80)  # CIFAR, the reference
   assert layout(50_000, 128, drop_last=True, devices=1) == (390, 128)
   assert layout(10, 4, drop_last=False, devices=1) == (3, 2)

@@ -42,6 +42,26 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def epoch_layout(n: int, batch_size: int, *, drop_last: bool,
+                 devices: int | None = None) -> tuple[int, int]:
+  """(steps per epoch, rows of the epoch's last batch) for n examples in global batches.
+
+  drop_last=False keeps the last partial batch, as torch's DataLoader does by default
+  (ceil(n / batch_size) steps: 391 per CIFAR epoch at batch 128), trimmed to a multiple of
+  `devices` (default: jax.device_count()) so that it shards evenly; a remainder smaller than
+  that is dropped. drop_last=True gives floor(n / batch_size) full batches.
+  """
+  full, rest = divmod(n, batch_size)
+  if not drop_last:
+    if devices is None:
+      import jax  # pylint: disable=g-import-not-at-top
+      devices = jax.device_count()
+    rest -= rest % devices
+    if rest:
+      return full + 1, rest
+  return full, batch_size
+
+
 def center_box(width: float, height: float, fraction: float) -> tuple[float, ...]:
   """(left, top, right, bottom) of the centred square whose side is fraction * shorter side."""
   s = fraction * min(width, height)

@@ -6,7 +6,7 @@ numpy, decoded and augmented on the host:
 - Global batch `step` holds the records `input_pipeline.array_batches` would pick: epoch
   e = step // steps_per_epoch is the permutation seeded by (seed, e). With drop_last=False
   (training runs) an epoch ends with its partial batch, trimmed to a multiple of the device
-  count (`input_pipeline.epoch_layout`).
+  count (`jaxbud.data.epoch_layout`).
 - Each process reads and decodes only its contiguous rows of every global batch.
 - Example `row` of global batch `step` gets an Inception-style random-resized crop and a
   random horizontal flip drawn from (seed, step, row) alone.
@@ -141,7 +141,7 @@ class _TrainStep:
   def __init__(self, source, seed, batch_size, layout, process, image_size, flip, area_range,
                aspect_range):
     self.source, self.seed, self.batch_size = source, seed, batch_size
-    self.steps_per_epoch, self.last = layout  # input_pipeline.epoch_layout
+    self.steps_per_epoch, self.last = layout  # jaxbud.data.epoch_layout
     self.process_index, self.process_count = process
     self.image_size, self.flip = image_size, flip
     self.area_range, self.aspect_range = area_range, aspect_range
@@ -240,15 +240,14 @@ def train_batches(source, *, seed: int, batch_size: int, start: int, stop: int,
     (default jax.device_count()); B_local is then that batch's share.
   Arguments are checked here, before the first batch is asked for.
   """
-  from jaxbud import input_pipeline  # pylint: disable=g-import-not-at-top
   local_rows(batch_size, process_index, process_count)  # checks the process arguments
   _check_common(image_size, workers, prefetch)
   if batch_size > len(source):
     raise UsageError(f'batch size {batch_size} is larger than the {len(source)} records')
   if not 0 <= start <= stop:
     raise UsageError(f'need 0 <= start <= stop, got start={start}, stop={stop}')
-  layout = input_pipeline.epoch_layout(len(source), batch_size, drop_last=drop_last,
-                                       devices=devices)
+  layout = data_lib.epoch_layout(len(source), batch_size, drop_last=drop_last,
+                                 devices=devices)
   fn = _TrainStep(source, seed, batch_size, layout, _process(process_index, process_count),
                   image_size, flip, area_range, aspect_range)
   return _stream(grain.MapDataset.range(start, stop).map(fn), workers, prefetch)
