@@ -123,7 +123,8 @@ def eval_batches(config, ds: data_lib.Dataset, batch_size: int | None = None):
   In-memory arrays, or for ImageNet the validation split streamed as centre crops, decoded by
   the stream's workers.
   """
-  batch_size = batch_size or config.train.eval_batch_size
+  # Rounded up to a multiple of the device count; the padding rows are masked out.
+  batch_size = parallel.divisible_batch(batch_size or config.train.eval_batch_size)
   if not streamed(config):
     return array_test_batches(ds.test_images, ds.test_labels, batch_size)
   from jaxbud.data import stream  # pylint: disable=g-import-not-at-top

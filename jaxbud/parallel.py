@@ -56,6 +56,13 @@ def check_batch(batch_size: int, what: str = 'batch_size'):
     raise UsageError(f'{what}={batch_size} must be divisible by the device count {n}')
 
 
+def divisible_batch(batch_size: int) -> int:
+  """`batch_size` rounded up to a multiple of the device count: evaluation pads its batches
+  (mask 0), so any eval batch size works on any number of devices."""
+  n = jax.device_count()
+  return -(-batch_size // n) * n
+
+
 def put_batch(mesh, batch: dict) -> dict:
   """This process's rows of a global batch -> global arrays sharded on 'data'."""
   sharding = data_sharded(mesh)

@@ -278,7 +278,6 @@ def setup(config, dataset: data_lib.Dataset | None = None) -> TrainSetup:
     if tcfg[field] < low:
       raise UsageError(f'train.{field} must be >= {low}, got {tcfg[field]}')
   parallel.check_batch(tcfg.batch_size, 'train.batch_size')
-  parallel.check_batch(tcfg.eval_batch_size, 'train.eval_batch_size')
   if config.model.dtype not in DTYPES:
     raise UsageError(f'unknown model.dtype {config.model.dtype!r}; expected one of {DTYPES}')
   input_pipeline.pad_mode(config)  # data.pad_mode is one the random crop knows

@@ -71,3 +71,36 @@ def test_prune_decisions_do_not_depend_on_the_device_count(tmp_path):
     assert abs(four['snapshot_error'] - one['snapshot_error']) <= 1 / 360 + 1e-9
   assert one['batch_error'] is None
   assert four['batch_error'] == 'train.batch_size=126 must be divisible by the device count 4'
+
+
+EVAL_SCRIPT = r'''
+import json, sys
+import jax, numpy as np
+from configs import default
+from jaxbud import input_pipeline, parallel, train
+c = default.get_config()
+c.model.update(depth=10, widen=1.0)
+c.train.update(batch_size=48, eval_batch_size=100)  # 100 divides by neither 6 nor 8
+ts = train.setup(c)
+mesh = parallel.make_mesh()
+_, _, eval_step = ts.functions(mesh)
+metrics, preds = train.evaluate(eval_step, ts.initial_state(mesh),
+                                input_pipeline.eval_batches(c, ts.dataset), mesh)
+print(json.dumps({'devices': jax.device_count(), 'loss': metrics['test_loss'],
+                  'predictions': preds['predictions'].tolist()}))
+'''
+
+
+def test_evaluation_runs_on_any_device_count():
+  outs = []
+  for devices in (1, 2, 6, 8):
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    r = subprocess.run([sys.executable, '-c', EVAL_SCRIPT], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    outs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+  assert [o['devices'] for o in outs] == [1, 2, 6, 8]
+  for o in outs[1:]:  # every test image once, in order: the same predictions and loss
+    assert len(o['predictions']) == 360
+    assert np.mean(np.array(o['predictions']) != outs[0]['predictions']) <= 2 / 360
+    np.testing.assert_allclose(o['loss'], outs[0]['loss'], rtol=1e-4)
