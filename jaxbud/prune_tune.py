@@ -80,6 +80,27 @@ def finetune_lr(config) -> float:
   return train_lib.final_lr(tcfg)
 
 
+# Data fields that may differ between a prune run and its base: where the files are, and the
+# training runs' own crop padding (prune runs use prune.pad_mode).
+_DATA_FREE = ('data_dir', 'manual_dir', 'stream_workers', 'pad_mode')
+
+
+def check_base_data(config):
+  """The prune config's data section must be the one its base network was trained on (as the
+  base folder's config.json records it): another dataset, size or augmentation is an error
+  naming the field."""
+  path = os.path.join(config.prune.base_workdir, 'config.json')
+  if not (config.prune.base_workdir and os.path.isfile(path)):
+    return
+  with open(path) as f:
+    base = json.load(f).get('data', {})
+  mine = json.loads(config.data.to_json())  # tuples as lists, as in the base's file
+  for field in sorted(set(base) & set(mine) - set(_DATA_FREE)):
+    if base[field] != mine[field]:
+      raise UsageError(f'data.{field}={mine[field]!r} differs from the base network\'s '
+                       f'{base[field]!r} ({path}); prune with the data the base was trained on')
+
+
 def finetune_optimizer(pcfg, lr: float):
   """One SGD optimizer for the whole run (momentum persists across removals), constant lr."""
   return train_lib.make_optimizer(ml_collections.ConfigDict(dict(
@@ -355,6 +376,7 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
   """Runs (or resumes) the prune-and-tune run of `config` in `workdir`; returns its summary."""
   pcfg = config.prune
   criteria.get(pcfg.criterion)
+  check_base_data(config)
   ts = train_lib.setup(config, dataset)
   p = PruneSetup(config, ts)
   base_spec, state = load_base(config, p)

@@ -185,7 +185,14 @@ def test_budget_above_the_base_and_missing_base_are_clear_errors(base, tmp_path)
     prune_tune.prune_and_tune(small_config(base, criterion='l3'), str(tmp_path / 'c'))
   with pytest.raises(ValueError, match='prune.eval_every_rounds must be >= 1'):
     prune_tune.prune_and_tune(small_config(base, eval_every_rounds=0), str(tmp_path / 'd'))
-  assert not any((tmp_path / d).exists() for d in 'abcd')
+  c = small_config(base)
+  c.data.crop_pad = 2  # the base trained with pad 1
+  with pytest.raises(ValueError, match=r"data.crop_pad=2 differs from the base network's 1 "):
+    prune_tune.prune_and_tune(c, str(tmp_path / 'e'))
+  c = small_config(base)
+  c.data.data_dir = str(tmp_path / 'elsewhere')  # where the files are may differ
+  prune_tune.check_base_data(c)
+  assert not any((tmp_path / d).exists() for d in 'abcde')
   assert not (tmp_path / 'nothing').exists()
 
 
