@@ -108,9 +108,9 @@ def finetune_optimizer(pcfg, lr: float):
       weight_decay=pcfg.weight_decay)), steps_per_epoch=1)
 
 
-def validate_section(pcfg):
-  """Checks the fields of a `prune` section that need no network (also run by a study's plan,
-  before anything trains)."""
+def validate_section(pcfg, base_spec=None):
+  """Checks the fields of a `prune` section, and with `base_spec` that its rounds fit the
+  network (also run by a study's plan, before anything trains)."""
   for field in ('prune_every', 'rounds', 'compact_every', 'batch_size', 'checkpoint_every_rounds',
                 'log_every_rounds', 'eval_every_rounds'):
     if pcfg[field] < 1:
@@ -121,15 +121,15 @@ def validate_section(pcfg):
   if pcfg.pad_mode not in augment.PAD_MODES:
     raise UsageError(f'unknown prune.pad_mode {pcfg.pad_mode!r}; expected one of '
                      f'{tuple(augment.PAD_MODES)}')
+  channels = sum(base_spec.prunable) if base_spec is not None else None
+  if channels is not None and pcfg.rounds > channels:
+    raise UsageError(f'prune.rounds={pcfg.rounds} removes more channels than the '
+                     f'{channels} prunable channels of the base network')
 
 
 def _validate(config, base_spec, num_classes):
   pcfg = config.prune
-  validate_section(pcfg)
-  channels = sum(base_spec.prunable)
-  if pcfg.rounds > channels:
-    raise UsageError(f'prune.rounds={pcfg.rounds} removes more channels than the '
-                     f'{channels} prunable channels of the base network')
+  validate_section(pcfg, base_spec)
   base = spec_lib.count_params(base_spec, num_classes)
   floor = spec_lib.count_params(base_spec.with_prunable([0] * len(base_spec.prunable)),
                                 num_classes)

@@ -197,11 +197,7 @@ def validate(config, base: spec_lib.Spec, num_classes: int):
     raise UsageError(f'study.scratch_b_cap must be >= 0 (0: no cap), got {scfg.scratch_b_cap}')
   # The prune section is checked here too, so a bad value stops the study (and its dry run)
   # before the base network trains, not after.
-  prune_tune.validate_section(config.prune)
-  channels = sum(base.prunable)
-  if config.prune.rounds > channels:
-    raise UsageError(f'prune.rounds={config.prune.rounds} removes more channels than the '
-                     f'{channels} prunable channels of the base network')
+  prune_tune.validate_section(config.prune, base)
   sizes = tuple(scfg.latency_batch_sizes)
   if len(sizes) != 2 or not all(isinstance(b, int) and b >= 1 for b in sizes):
     raise UsageError(f'study.latency_batch_sizes must be two batch sizes (small, large), e.g. '
