@@ -49,6 +49,12 @@ def study_section(**overrides):
       latency_repeats=20,             # timed calls per network and batch size (RQ3)
       compilation_cache=True,         # keep compiled programs in <workdir>/jax_cache
       dry_run=False,                  # print the plan and its estimated cost, then exit
+      # Fan-out (jaxbud.study.jobs): several jobs share one workdir, then one writes the report.
+      shard='',                       # 'i/n': this job trains every n-th run of each stage
+      only='',                        # a glob of run folders this job trains, e.g. 'base/*'
+      report_only=False,              # train nothing; report what has finished, list the rest
+      poll_seconds=30.0,              # how often a job looks for a run another job trains
+      wait_hours=48.0,                # and how long it waits for it at most
   ))
   s.update(overrides)
   return s

@@ -424,13 +424,34 @@ def reference_line(base, scfg) -> str:
   return text
 
 
-def write(rows, workdir, config, dataset) -> dict:
-  """results.json|csv, comparisons.json, three plots and report.md in `workdir`."""
+def unfinished_section(unfinished) -> list[str]:
+  """The report's lines on a study whose jobs have not all finished (none when all have)."""
+  if not unfinished:
+    return []
+  return ['## Unfinished runs', '',
+          f'This report covers the runs finished so far. {len(unfinished)} runs are not '
+          'finished; a point appears in the results, and in the comparisons, once all its runs '
+          'have. Write the report again when the jobs training them are done:', '',
+          *[f'- `{rel}`' for rel in unfinished], '']
+
+
+def write(rows, workdir, config, dataset, unfinished=()) -> dict:
+  """results.json|csv, comparisons.json, three plots and report.md in `workdir`; with
+  `unfinished` run folders (a fanned-out study's report step), the rows finished so far and a
+  section listing the rest."""
   comps = comparisons(rows, config)
   answers = answer(comps)
   facts = {'rows': rows, 'comparisons': comps, 'answers': answers,
-           'report': os.path.join(workdir, 'report.md')}
+           'report': os.path.join(workdir, 'report.md'), 'unfinished': list(unfinished)}
   if jax.process_index() != 0:
+    return facts
+  base = next((r for r in rows if r['arm'] == 'base'), None)
+  if base is None:  # nothing to compare yet
+    with open(facts['report'], 'w') as f:
+      f.write('\n'.join([f'# Study report: {config.model.family} on {config.data.name}', '',
+                         'No base network has finished yet.', '',
+                         *unfinished_section(unfinished)]))
+    metrics_lib.log(f'report written to {facts["report"]} ({len(unfinished)} runs unfinished)')
     return facts
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(rows, f, indent=1)
@@ -451,12 +472,13 @@ def write(rows, workdir, config, dataset) -> dict:
   pool_text = lambda p: (f'sd {100 * p.var ** 0.5:.2f}% on {p.df} df' if p.df else
                          'not estimable (one run per point)')
   md = [f'# Study report: {config.model.family} on {config.data.name}', '',
-        f'Base: `{rows[0]["spec"]}` ({rows[0]["params"]:,} params). Budgets: '
+        f'Base: `{base["spec"]}` ({base["params"]:,} params). Budgets: '
         f'{", ".join(f"{b:,}" for b in scfg.budgets)} (and each depth-reduced network\'s own '
         f'size). Criteria: {", ".join(scfg.criteria)} (main: {scfg.main_criterion}). Seeds per '
         f'from-scratch point: {len(scfg.seeds)}; {k} base network{"s" if k > 1 else ""}, each '
         f'with one prune run per criterion. Test set: {n:,} images (one image is '
-        f'{100 / n:.2f}% of test error).', '', reference_line(rows[0], scfg), '',
+        f'{100 / n:.2f}% of test error).', '', *unfinished_section(unfinished),
+        reference_line(base, scfg), '',
         'Each comparison is a versus b on the same test images: the difference in test error '
         '(a minus b) with a 95% interval over test images and training runs '
         '(`jaxbud.stats.compare`: its variance is the run-to-run variance of each side over its '
@@ -497,11 +519,11 @@ def readme_markers(name: str) -> tuple[str, str]:
           f'<!-- end of study results: {name} -->')
 
 
-def results_block(directory, full: bool = False) -> str:
+def results_block(directory, full: bool = False, with_table: bool = True) -> str:
   """The results table and the RQ headlines of the study written to `directory`, as markdown
-  (what the README shows; regenerated from results.json and comparisons.json), with `full`
-  every comparison's line too. Measured times are left out: the rest is what any run of the
-  same study on the same CPU kind prints."""
+  (regenerated from results.json and comparisons.json), with `full` every comparison's line
+  too; without `with_table`, the headlines alone (the README's block). Measured times are left
+  out: the rest is what any run of the same study on the same CPU kind prints."""
   with open(os.path.join(directory, 'results.json')) as f:
     rows = json.load(f)
   with open(os.path.join(directory, 'comparisons.json')) as f:
@@ -509,7 +531,8 @@ def results_block(directory, full: bool = False) -> str:
   answers = answer(comps, timings=False)
   if not full:
     answers = {k: (headline, []) for k, (headline, _) in answers.items()}
-  return '\n'.join([table(rows, timings=False), research_questions(answers).rstrip('\n')])
+  return '\n'.join(([table(rows, timings=False)] if with_table else [])
+                   + [research_questions(answers).rstrip('\n')])
 
 
 def replace_block(text: str, block: str, name: str) -> str:

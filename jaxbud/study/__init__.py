@@ -19,6 +19,10 @@ arm's runs cover the prune runs' variation in architecture too. Runs are keyed b
 schedule): a point whose run another point already has (the copycat at the profile's own budget
 is the scratch network) reuses it, and the table says so.
 
+A study can run as several jobs that share the workdir (`study.shard='i/n'`, `study.only=<glob>`;
+jaxbud.study.jobs), then `study.report_only=True` writes the report from what they finished and
+lists what has not.
+
 Every run has its own folder under the study's workdir with a fingerprint of what determines
 its result (fingerprint.json: spec, seed, schedule, data, and for prune runs their section and
 their base's fingerprint). A finished run (train: final.json, prune: summary.json) is reused
@@ -33,10 +37,12 @@ reuses what is done, and a killed study continues where it stopped.
 """
 import copy
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import math
 import os
+import re
 import time
 
 import jax
@@ -51,6 +57,7 @@ from jaxbud import prune_tune
 from jaxbud import spec as spec_lib
 from jaxbud import train as train_lib
 from jaxbud.errors import UsageError
+from jaxbud.study import jobs as jobs_lib
 
 REDUCED = ('wrn_depth', 'wrn_width', 'wrn_bottleneck',
            'densenet_depth', 'densenet_growth', 'densenet_bottleneck')
@@ -265,23 +272,19 @@ def prune_facts(config, base_fingerprint: str) -> dict:
           'prune': _section(config, 'prune')}
 
 
-def check_fingerprint(workdir: str, facts: dict, done_file: str) -> str:
-  """The fingerprint of `facts`; written to `workdir` for a new run, checked against an
-  existing run's (a finished or resumable run made under other settings is a usage error)."""
+def check_fingerprint(workdir: str, facts: dict, done_file: str, job: str = '') -> str:
+  """The fingerprint of `facts`; written to `workdir` for a new run (with `job`, the job that
+  trains it), checked against an existing run's (a finished or resumable run made under other
+  settings is a usage error)."""
   facts = json.loads(json.dumps(facts, sort_keys=True, default=str))  # as stored: lists
   fp = fingerprint(facts)
   path = os.path.join(workdir, 'fingerprint.json')
   if os.path.exists(path):
     old = _read(path)
     if old['fingerprint'] != fp:
-      differ = sorted(k for k in set(facts) | set(old['facts'])
-                      if facts.get(k) != old['facts'].get(k))
-      detail = [f'{k}.{f}' for k in differ if isinstance(facts.get(k), dict)
-                for f in sorted(set(facts[k]) | set(old['facts'].get(k) or {}))
-                if facts[k].get(f) != (old['facts'].get(k) or {}).get(f)]
       raise UsageError(f'{workdir} holds a run made with other settings '
-                       f'({", ".join(detail or differ)} differ); give the study a new --workdir, '
-                       'or delete that folder to re-run it')
+                       f'({", ".join(differences(facts, old["facts"]))} differ); give the study '
+                       'a new --workdir, or delete that folder to re-run it')
     return fp
   if os.path.exists(os.path.join(workdir, done_file)) or os.path.isdir(
       os.path.join(workdir, 'checkpoints')):
@@ -289,7 +292,7 @@ def check_fingerprint(workdir: str, facts: dict, done_file: str) -> str:
                      'give the study a new --workdir, or delete that folder to re-run it')
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    train_lib.write_json(path, {'fingerprint': fp, 'facts': facts})
+    train_lib.write_json(path, {'fingerprint': fp, 'facts': facts, 'job': job})
   return fp
 
 
@@ -399,10 +402,13 @@ def _shape_only_setup(config) -> train_lib.TrainSetup:
 # -- running -------------------------------------------------------------------------------
 
 class Study:
-  """Runs the arms of a study config in order, reusing finished runs (module docstring)."""
+  """Runs the arms of a study config in order, reusing finished runs (module docstring); with
+  `study.shard`, `study.only` or `study.report_only`, only this job's share (jaxbud.study.jobs).
+  """
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir, self.scfg = config, workdir, config.study
+    self.jobs = jobs_lib.Jobs(config.study)
     self.ts = train_lib.setup(config)  # validates train/model/data, loads the data once
     self.dataset: data_lib.Dataset = self.ts.dataset
     self.base_spec = self.ts.spec
@@ -419,45 +425,117 @@ class Study:
     self._done, self._total, self._t0 = 0, 0, time.perf_counter()
 
   # -- runs -------------------------------------------------------------------------------
-  def _train(self, spec, workdir, seed, schedule=1.0):
+  def _obtain(self, stage, rel, facts, done_file, start, needed):
+    """The result of run `rel` (its `done_file`), trained here by `start(dir)` if this job
+    claims it; else another job's: waited for when `needed`, or None while unfinished."""
+    d = os.path.join(self.workdir, rel)
+    done = os.path.join(d, done_file)
+    if self.jobs.claim(stage, rel):
+      assert facts is not None, rel  # a claimed run's inputs were waited for
+      self._fingerprints[d] = check_fingerprint(d, facts, done_file, self.jobs.name())
+      self.jobs.trained.append(rel)
+      return _read(done) if os.path.exists(done) else start(d)
+    if facts is not None and needed and not os.path.exists(done):
+      self.jobs.wait(done, rel)
+    if facts is None or not os.path.exists(done):
+      self.jobs.unfinished.append(rel)
+      return None
+    self._fingerprints[d] = check_fingerprint(d, facts, done_file)
+    self.jobs.elsewhere.append(rel)
+    return _read(done)
+
+  def _seeded(self, seed, schedule=1.0):
     cfg = copy.deepcopy(self.config)
     with cfg.unlocked():
       cfg.seed = seed
       if schedule != 1.0:
         cfg.train = train_lib.scale_schedule(cfg.train, schedule)
-    self._fingerprints[workdir] = check_fingerprint(workdir, train_facts(cfg, spec),
-                                                    'final.json')
-    final_path = os.path.join(workdir, 'final.json')
-    if os.path.exists(final_path):
-      return _read(final_path)
-    with cfg.unlocked():
-      os.makedirs(workdir, exist_ok=True)
-      spec_lib.save(spec, os.path.join(workdir, 'arm_spec.json'))
-      cfg.model.spec_file = os.path.join(workdir, 'arm_spec.json')
-    key = (spec.to_json(), schedule)
-    if key not in self._setups:
-      self._setups[key] = train_lib.setup(cfg, self.dataset)
-    return train_lib.train_and_evaluate(cfg, workdir,
-                                        dataclasses.replace(self._setups[key], config=cfg))
+    return cfg
 
-  def _prune(self, criterion, seed, base_dir, budgets):
-    workdir = os.path.join(self.workdir, f'prune_{criterion}', f'seed{seed}')
-    cfg = copy.deepcopy(self.config)
+  def _late_base(self, seed, wait: bool):
+    """A base network another job trains, finished since stage A (or waited for, when this
+    job needs it after all): its final.json, or None."""
+    rel = os.path.join('base', f'seed{seed}')
+    d = os.path.join(self.workdir, rel)
+    done = os.path.join(d, 'final.json')
+    if not os.path.exists(done):
+      if not wait:
+        return None
+      self.jobs.wait(done, rel)
+    self._fingerprints[d] = check_fingerprint(
+        d, train_facts(self._seeded(seed), self.base_spec), 'final.json')
+    if rel in self.jobs.unfinished:
+      self.jobs.unfinished.remove(rel)
+      self.jobs.elsewhere.append(rel)
+    return _read(done)
+
+  def _train(self, spec, rel, seed, schedule=1.0, stage='C', needed=False):
+    cfg = self._seeded(seed, schedule)
+
+    def start(workdir):
+      with cfg.unlocked():
+        os.makedirs(workdir, exist_ok=True)
+        spec_lib.save(spec, os.path.join(workdir, 'arm_spec.json'))
+        cfg.model.spec_file = os.path.join(workdir, 'arm_spec.json')
+      key = (spec.to_json(), schedule)
+      if key not in self._setups:
+        self._setups[key] = train_lib.setup(cfg, self.dataset)
+      return train_lib.train_and_evaluate(cfg, workdir,
+                                          dataclasses.replace(self._setups[key], config=cfg))
+
+    return self._obtain(stage, rel, train_facts(cfg, spec), 'final.json', start, needed)
+
+  def _prune(self, criterion, seed, base_dir, budgets, needed):
+    rel = f'prune_{criterion}/seed{seed}'
+    cfg = self._seeded(seed)
     with cfg.unlocked():
-      cfg.seed = seed
       cfg.prune.update(base_workdir=base_dir, criterion=criterion, budgets=tuple(budgets),
                        stop_after_last_budget=True)
-    check_fingerprint(workdir, prune_facts(cfg, self._fingerprints[base_dir]), 'summary.json')
-    path = os.path.join(workdir, 'summary.json')
-    summary = (_read(path) if os.path.exists(path) else
-               prune_tune.prune_and_tune(cfg, workdir, self.dataset))
+    base_fp = self._fingerprints.get(base_dir)  # None: the base network is unfinished
+    summary = self._obtain('B', rel, base_fp and prune_facts(cfg, base_fp), 'summary.json',
+                           lambda d: prune_tune.prune_and_tune(cfg, d, self.dataset), needed)
+    if summary is None:
+      return None
+    self._check_snapshots(rel, summary, budgets)
+    return summary
+
+  def _check_snapshots(self, rel, summary, budgets):
     missing = sorted(set(budgets) - {s['budget'] for s in summary['snapshots']}, reverse=True)
     if missing:
-      raise UsageError(f'the prune run in {workdir} has no snapshot at budget(s) '
-                       f'{", ".join(f"{b:,}" for b in missing)} (it finished before they were '
-                       'asked for, or its rounds ran out); delete that folder to re-run it with '
-                       'these budgets, or raise prune.rounds')
-    return summary
+      raise UsageError(f'the prune run in {os.path.join(self.workdir, rel)} has no snapshot at '
+                       f'budget(s) {", ".join(f"{b:,}" for b in missing)} (it finished before '
+                       'they were asked for, or its rounds ran out); delete that folder to re-run '
+                       'it with these budgets, or raise prune.rounds')
+
+  def _prune_budgets(self, crit) -> list[int]:
+    """The main criterion also meets each reduced network at its own size; the others are
+    reported at the study's budgets only."""
+    if crit == self.scfg.main_criterion:
+      return main_budgets(self.config, self.base_spec, self.nc)
+    return sorted(self.scfg.budgets, reverse=True)
+
+  def _train_point(self, p: 'Point', stage: str):
+    """Trains (or reads) a from-scratch point's run for every seed; (dirs, finals, the point
+    whose runs it reuses, specs). A final is None while another job has not finished it."""
+    dirs, finals, owner, specs = [], [], None, []
+    for i, seed in enumerate(self.scfg.seeds):
+      spec, schedule = p.run(i)
+      key = (spec.to_json(), seed, schedule)
+      rel = os.path.join('arms', p.arm, f'{p.family}_{p.label}', f'seed{seed}')
+      if key in self._runs:  # another point's run (no new run, no new position)
+        rel, owner = self._runs[key]
+        final_path = os.path.join(self.workdir, rel, 'final.json')
+        final = _read(final_path) if os.path.exists(final_path) else None
+      else:
+        self._runs[key] = (rel, f'{p.arm} {p.family} {p.label}')
+        final = self._train(spec, rel, seed, schedule, stage)
+      finals.append(final)
+      dirs.append(os.path.join(self.workdir, rel))
+      specs.append(spec)
+      self._progress(f'{p.arm}/{p.family}/{p.label} seed {seed}'
+                     + (f' (the run of {owner})' if owner else '')
+                     + ('' if final else ' (not finished)'))
+    return dirs, finals, owner, specs
 
   def _progress(self, what):
     self._done += 1
@@ -467,13 +545,13 @@ class Study:
                     f'elapsed {metrics_lib.format_seconds(elapsed)}, '
                     f'ETA {metrics_lib.format_seconds(eta)}')
 
-  def scratch_points(self, snapshots: dict) -> list[Point]:
-    """Reduced, pruned-from-scratch, Scratch-B and copycat points, all trained from scratch.
+  def pruned_points(self, snapshots: dict) -> list[Point]:
+    """Pruned-from-scratch, Scratch-B and copycat points, all trained from scratch.
 
     `snapshots`: {budget: [snapshot of each prune seed]} of the main criterion.
     """
     scfg = self.scfg
-    points = all_reduced(self.config, self.base_spec, self.nc)
+    points = []
     load = lambda s: spec_lib.load(os.path.join(s['dir'], 'spec.json'))
     for b in scfg.budgets:
       specs = tuple(load(s) for s in snapshots[b])
@@ -494,32 +572,64 @@ class Study:
       points.append(Point('copycat', scfg.main_criterion, f'budget{b}', specs, b))
     return points
 
-  def run_all(self) -> list[dict]:
+  def stage_c_folders(self) -> list[str]:
+    """Every run folder stage C may use (before the pruned architectures are known; the
+    copycat at the profile's own budget is the scratch run)."""
     scfg = self.scfg
-    metrics_lib.log(f'study: base {self.base_spec.family} '
+    arms = ('scratch', 'scratch_b', 'copycat') if scfg.scratch_b else ('scratch', 'copycat')
+    return [os.path.join('arms', arm, f'{scfg.main_criterion}_budget{b}', f'seed{seed}')
+            for arm in arms for b in scfg.budgets for seed in scfg.seeds
+            if not (arm == 'copycat' and b == scfg.copycat_budget)]
+
+  def run_all(self) -> list[dict]:
+    """Stage A (base and reduced networks), B (prune runs), C (from the pruned networks); the
+    rows of every point whose runs have all finished."""
+    scfg, jobs = self.scfg, self.jobs
+    metrics_lib.log(f'study ({jobs.name()}): base {self.base_spec.family} '
                     f'({spec_lib.count_params(self.base_spec, self.nc):,} params), '
                     f'budgets {tuple(scfg.budgets)}, criteria {tuple(scfg.criteria)}, '
                     f'seeds {tuple(scfg.seeds)}, prune seeds {tuple(scfg.prune_seeds)}')
     k = len(scfg.prune_seeds)
-    self._total = k * (1 + len(scfg.criteria))  # grows once the from-scratch points are known
+    reduced = all_reduced(self.config, self.base_spec, self.nc)
+    self._total = k * (1 + len(scfg.criteria)) + len(reduced) * len(scfg.seeds)
+    prune_runs = [(c, s) for c in scfg.criteria for s in scfg.prune_seeds]
+    prunes_here = dict(zip(prune_runs, jobs.peek('B', [f'prune_{c}/seed{s}'
+                                                       for c, s in prune_runs])))
+    # A finished prune run without a snapshot the config now asks for stops the study here,
+    # before anything trains.
+    for crit, seed in prune_runs:
+      path = os.path.join(self.workdir, f'prune_{crit}', f'seed{seed}', 'summary.json')
+      if os.path.exists(path):
+        self._check_snapshots(f'prune_{crit}/seed{seed}', _read(path), self._prune_budgets(crit))
+    # Stage A. A base network is waited for by the job that prunes it.
     bases = {}
     for seed in scfg.prune_seeds:
       d = os.path.join(self.workdir, 'base', f'seed{seed}')
-      bases[seed] = (d, self._train(self.base_spec, d, seed))
+      needed = any(prunes_here[(c, seed)] for c in scfg.criteria)
+      bases[seed] = (d, self._train(self.base_spec, os.path.join('base', f'seed{seed}'), seed,
+                                    stage='A', needed=needed))
       self._progress(f'base network seed {seed}')
-    self.rows.append(self._row(Point('base', 'base', 'base', (self.base_spec,), None),
-                               [d for d, _ in bases.values()], [f for _, f in bases.values()],
-                               list(scfg.prune_seeds)))
-    main = main_budgets(self.config, self.base_spec, self.nc)
-    snapshots = {}
+    reduced_runs = [self._train_point(p, 'A') for p in reduced]
+    # Stage B. The main criterion's prune runs are waited for by a job that may train stage C.
+    stage_c = not jobs.report_only and (not jobs.only or any(
+        fnmatch.fnmatchcase(rel, jobs.only) for rel in self.stage_c_folders()))
+    snapshots, pruned_rows = None, []
     for crit in scfg.criteria:
-      # The main criterion also meets each reduced network at its own size; the others are
-      # reported at the study's budgets only.
-      budgets = main if crit == scfg.main_criterion else sorted(scfg.budgets, reverse=True)
+      budgets = self._prune_budgets(crit)
       by_budget = {b: [] for b in budgets}
+      finished = True
       for seed in scfg.prune_seeds:
+        needed = stage_c and crit == scfg.main_criterion
         base_dir, base_final = bases[seed]
-        summary = self._prune(crit, seed, base_dir, budgets)
+        if base_final is None:
+          base_final = self._late_base(seed, wait=needed)
+          bases[seed] = (base_dir, base_final)
+        summary = self._prune(crit, seed, base_dir, budgets, needed)
+        self._progress(f'prune-and-tune ({crit}) seed {seed}'
+                       + ('' if summary else ' (not finished)'))
+        if summary is None:
+          finished = False
+          continue
         for s in summary['snapshots']:
           if s['budget'] in by_budget:
             by_budget[s['budget']].append({
@@ -527,7 +637,8 @@ class Study:
                 # Its cost: the base network plus the prune run up to this snapshot.
                 'train_seconds': base_final['train_seconds'] + s['prune_seconds'],
                 'train_macs': base_final['train_macs'] + s['prune_train_macs']})
-        self._progress(f'prune-and-tune ({crit}) seed {seed}')
+      if not finished:
+        continue
       for b in budgets:
         snaps = by_budget[b]
         specs = tuple(spec_lib.load(os.path.join(s['dir'], 'spec.json')) for s in snaps)
@@ -537,26 +648,25 @@ class Study:
         row.update(compilations=snaps[0]['compilations'], rounds=round(mean('round')),
                    prune_train_macs=mean('prune_train_macs'),
                    prune_seconds=mean('prune_seconds'))
-        self.rows.append(row)
+        pruned_rows.append(row)
       if crit == scfg.main_criterion:
         snapshots = by_budget
-    points = self.scratch_points(snapshots)
-    self._total += sum(len(scfg.seeds) for _ in points)
-    for p in points:
-      dirs, finals, owner, specs = [], [], None, []
-      for i, seed in enumerate(scfg.seeds):
-        spec, schedule = p.run(i)
-        key = (spec.to_json(), seed, schedule)
-        d = os.path.join(self.workdir, 'arms', p.arm, f'{p.family}_{p.label}', f'seed{seed}')
-        if key in self._runs:
-          d, owner = self._runs[key]
-        else:
-          self._runs[key] = (d, f'{p.arm} {p.family} {p.label}')
-        finals.append(self._train(spec, d, seed, schedule))
-        dirs.append(d)
-        specs.append(spec)
-        self._progress(f'{p.arm}/{p.family}/{p.label} seed {seed}'
-                       + (f' (the run of {owner})' if owner else ''))
+    # Stage C: its architectures are known once the main criterion's prune runs are.
+    points = self.pruned_points(snapshots) if snapshots else []
+    if not snapshots:
+      jobs.unfinished.extend(f'{rel} (waits for the prune runs)'
+                             for rel in self.stage_c_folders())
+    self._total += len(points) * len(scfg.seeds)
+    point_runs = [self._train_point(p, 'C') for p in points]
+    finals = [f for _, f in bases.values()]
+    if all(finals):
+      self.rows.append(self._row(Point('base', 'base', 'base', (self.base_spec,), None),
+                                 [d for d, _ in bases.values()], finals,
+                                 list(scfg.prune_seeds)))
+    self.rows.extend(pruned_rows)
+    for p, (dirs, finals, owner, specs) in zip(reduced + points, reduced_runs + point_runs):
+      if not all(finals):
+        continue
       row = self._row(dataclasses.replace(p, specs=tuple(specs),
                                           schedules=tuple(p.run(i)[1]
                                                           for i in range(len(scfg.seeds)))),
@@ -612,28 +722,91 @@ def use_compilation_cache(directory: str):
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
 
 
+def differences(new: dict, old: dict) -> list[str]:
+  """The keys (`section.field` inside dicts) whose values differ between two JSON dicts."""
+  out = []
+  for k in sorted(set(new) | set(old)):
+    a, b = new.get(k), old.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += [f'{k}.{f}' for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+    elif a != b:
+      out.append(k)
+  return out
+
+
+def _study_facts(stored: dict) -> dict:
+  """A study config as config.json stores it, less what may differ between the jobs of one
+  study (which job runs what, where each host keeps the data)."""
+  stored = copy.deepcopy(stored)
+  for section, fields in (('study', jobs_lib.FAN_OUT_FIELDS), ('data', _NOT_RESULT['data'])):
+    for f in fields:
+      stored.get(section, {}).pop(f, None)
+  return stored
+
+
+def check_same_study(workdir: str, config):
+  """A job of a fanned-out study joins a workdir only if its config.json is this study's."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  differ = differences(_study_facts(json.loads(config.to_json())), _study_facts(_read(path)))
+  if differ:
+    raise UsageError(f'{workdir} holds a study with another config ({", ".join(differ)} '
+                     'differ); every job of one study needs the same config')
+
+
+def _write_text(path: str, text: str):
+  """Atomic (a unique temporary file, then a rename): jobs of one study may write at once."""
+  tmp = f'{path}.{os.getpid()}.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def run_study(config, workdir: str, log=print) -> dict:
   """Prints the plan and its estimated cost; unless `study.dry_run`, runs (or continues) the
-  whole study and writes its report. Returns the report's facts (or the plan)."""
+  whole study, or this job's share of it (`study.shard`, `study.only`), and writes its report
+  (a job's share: no report; `study.report_only`: the report of what has finished). Returns the
+  report's facts (or the plan; or, for a share, what it trained and what is unfinished)."""
   from jaxbud import report  # pylint: disable=g-import-not-at-top
   rows = plan(config)  # validates the study settings before anything is measured or written
+  jobs = jobs_lib.Jobs(config.study)
   device = bench.platform_name()
+  if not jobs.whole:
+    check_same_study(workdir, config)
   # A real study measures the step its base run will use (compiled once for both); a dry run
-  # loads no data and measures the same step on data of the same shape.
+  # loads no data and measures the same step on data of the same shape. The report step
+  # trains nothing and prints no plan.
   study = None if config.study.dry_run else Study(config, workdir)
-  step_s = measure_step(study.ts if study else _shape_only_setup(config))
-  text = format_plan(plan(config, step_s), step_s, device)
-  log(f'study plan ({config.data.name}, {config.model.family}):\n{text}')
-  if config.study.dry_run:
-    return {'plan': rows, 'step_seconds': step_s, 'text': text}
+  jobs = study.jobs if study else jobs
+  text = None
+  if not jobs.report_only:
+    step_s = measure_step(study.ts if study else _shape_only_setup(config))
+    text = format_plan(plan(config, step_s), step_s, device)
+    log(f'study plan ({config.data.name}, {config.model.family}):\n{text}')
+    if config.study.dry_run:
+      return {'plan': rows, 'step_seconds': step_s, 'text': text}
   metrics_lib.make_workdir(workdir)
   if config.study.compilation_cache:
-    use_compilation_cache(os.path.join(workdir, 'jax_cache'))
+    # Each job of a fanned-out study keeps its own cache: JAX writes cache entries in place,
+    # so two jobs sharing a folder could read each other's half-written programs.
+    cache = os.path.join(workdir, 'jax_cache')
+    if not jobs.whole:
+      cache = os.path.join(cache, re.sub(r'[^A-Za-z0-9_.-]+', '_', jobs.name()))
+    use_compilation_cache(cache)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json(indent=2))
-    with open(os.path.join(workdir, 'plan.txt'), 'w') as f:
-      f.write(text + '\n')
+    stored = copy.deepcopy(config)
+    with stored.unlocked():
+      stored.study.update(shard='', only='', report_only=False)
+    _write_text(os.path.join(workdir, 'config.json'), stored.to_json(indent=2))
+    if text:
+      _write_text(os.path.join(workdir, 'plan.txt'), text + '\n')
   rows = study.run_all()
+  if not (jobs.whole or jobs.report_only):
+    log(jobs.summary())
+    log('when every job has finished, write the report: the same command with '
+        '--config.study.report_only=True and no shard or only')
+    return {'trained': jobs.trained, 'elsewhere': jobs.elsewhere,
+            'unfinished': jobs.unfinished}
   report.add_latency(rows, config, study.dataset, os.path.join(workdir, 'latency.json'))
-  return report.write(rows, workdir, config, study.dataset)
+  return report.write(rows, workdir, config, study.dataset, unfinished=jobs.unfinished)
