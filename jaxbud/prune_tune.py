@@ -80,25 +80,30 @@ def finetune_lr(config) -> float:
   return train_lib.final_lr(tcfg)
 
 
-# Data fields that may differ between a prune run and its base: where the files are, and the
-# training runs' own crop padding (prune runs use prune.pad_mode).
-_DATA_FREE = ('data_dir', 'manual_dir', 'stream_workers', 'pad_mode')
+# Fields that may differ between a prune run and its base. Data: where the files are, and the
+# training runs' own crop padding (prune runs use prune.pad_mode). Model: the spec file (the
+# network pruned is the base's own, read from its checkpoint).
+_BASE_FREE = {'data': ('data_dir', 'manual_dir', 'stream_workers', 'pad_mode'),
+              'model': ('spec_file',)}
 
 
 def check_base_data(config):
-  """The prune config's data section must be the one its base network was trained on (as the
-  base folder's config.json records it): another dataset, size or augmentation is an error
-  naming the field."""
+  """The prune config's data and model sections must be the ones its base network was trained
+  with (as the base folder's config.json records them): another dataset, size, augmentation,
+  network or compute dtype is an error naming the field."""
   path = os.path.join(config.prune.base_workdir, 'config.json')
   if not (config.prune.base_workdir and os.path.isfile(path)):
     return
   with open(path) as f:
-    base = json.load(f).get('data', {})
-  mine = json.loads(config.data.to_json())  # tuples as lists, as in the base's file
-  for field in sorted(set(base) & set(mine) - set(_DATA_FREE)):
-    if base[field] != mine[field]:
-      raise UsageError(f'data.{field}={mine[field]!r} differs from the base network\'s '
-                       f'{base[field]!r} ({path}); prune with the data the base was trained on')
+    stored = json.load(f)
+  for section, free in _BASE_FREE.items():
+    base = stored.get(section, {})
+    mine = json.loads(config[section].to_json())  # tuples as lists, as in the base's file
+    for field in sorted(set(base) & set(mine) - set(free)):
+      if base[field] != mine[field]:
+        raise UsageError(f'{section}.{field}={mine[field]!r} differs from the base network\'s '
+                         f'{base[field]!r} ({path}); prune with the {section} settings the base '
+                         'was trained with')
 
 
 def finetune_optimizer(pcfg, lr: float):

@@ -190,9 +190,15 @@ def test_budget_above_the_base_and_missing_base_are_clear_errors(base, tmp_path)
   with pytest.raises(ValueError, match=r"data.crop_pad=2 differs from the base network's 1 "):
     prune_tune.prune_and_tune(c, str(tmp_path / 'e'))
   c = small_config(base)
+  c.model.dtype = 'bfloat16'  # the base trained in float32
+  with pytest.raises(ValueError, match=r"model.dtype='bfloat16' differs from the base network's "
+                                       r"'float32' .*; prune with the model settings"):
+    prune_tune.prune_and_tune(c, str(tmp_path / 'f'))
+  c = small_config(base)
   c.data.data_dir = str(tmp_path / 'elsewhere')  # where the files are may differ
+  c.model.spec_file = str(tmp_path / 'spec.json')  # the network pruned is the base's own
   prune_tune.check_base_data(c)
-  assert not any((tmp_path / d).exists() for d in 'abcde')
+  assert not any((tmp_path / d).exists() for d in 'abcdef')
   assert not (tmp_path / 'nothing').exists()
 
 
