@@ -1,10 +1,15 @@
-r"""jaxbud vs the PyTorch eager reference on this machine, same models and batches, one run.
+r"""jaxbud vs the PyTorch peer (eager float32) on this machine, same models and batches, one run.
 
   python -m launch.bench_compare --config=configs/bench_compare.py
 
-Needs torch (pip install torch==2.13.0); the reference script is a peer file outside the repo.
+Needs torch (pip install torch); the torch side is the project's peer, scripts/torch_peer.py,
+in eager float32 (its other modes: python scripts/torch_peer.py --help).
 """
+import os
+
 import ml_collections
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_config(arg=None):
@@ -18,7 +23,7 @@ def get_config(arg=None):
       primed=True,  # each timed call follows an untimed call of the same step, as in training
       measure_peak=True,
       xla_options='',  # jaxbud side: '' as training, 'xla': XLA's defaults, or 'name=value;...'
-      torch_script='../shared/peers/torch_reference.py',  # relative to the repo root
+      torch_script=os.path.join(_ROOT, 'scripts', 'torch_peer.py'),
       out_dir='/tmp/jaxbud/bench_compare',
   ))
   return c

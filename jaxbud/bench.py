@@ -570,33 +570,41 @@ def fisher_overheads(rows: list[dict]) -> list[str]:
           for r in rows if r['mode'] == 'fisher' and r.get('vs_train')]
 
 
-# --- PyTorch reference (a peer script run as a subprocess, same machine, same run) ---
+# --- PyTorch peer (scripts/torch_peer.py run as a subprocess, same machine, same run) ---
 
-def torch_args(spec: spec_lib.Spec) -> list[str]:
-  """The reference script's model flags for a standard WRN-d-k or DenseNet-BC-d-k spec."""
-  if spec.family == 'wrn':
-    k = spec.stage_widths[0] / 16
-    if spec != spec_lib.wrn(spec.depth, k):
-      raise UsageError('the torch reference builds only standard WRN-d-k (uniform widths)')
-    return ['--model', 'wrn', '--depth', str(spec.depth), '--widen', f'{k:g}']
-  if spec.family == 'densenet_bc':
-    if spec != spec_lib.densenet_bc(spec.depth, spec.growth):
-      raise UsageError('the torch reference builds only standard DenseNet-BC-d-k')
-    return ['--model', 'densenet', '--depth', str(spec.depth), '--growth', str(spec.growth)]
-  raise UsageError(f'the torch reference has no {spec.family} model')
+PEER_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'scripts', 'torch_peer.py')
+PEER_FAMILIES = ('wrn', 'densenet_bc')  # what scripts/torch_peer.py builds
+
+
+def check_peer_spec(spec: spec_lib.Spec):
+  """The peer builds WRN and DenseNet-BC specs, pruned ones included, but no empty layer."""
+  if spec.family not in PEER_FAMILIES:
+    raise UsageError(f'the torch peer has no {spec.family} model; it builds {PEER_FAMILIES}')
+  if 0 in spec.prunable:
+    raise UsageError('the torch peer builds no zero-width layers (pruned-away paths)')
 
 
 def run_torch_reference(script: str, spec: spec_lib.Spec, batch_size: int, repeats: int,
-                        image_size: int = 32, timeout: float = 1800) -> dict:
-  """Runs the reference script in a subprocess and returns its one-line JSON result."""
+                        image_size: int = 32, num_classes: int = 10,
+                        timeout: float = 1800) -> dict:
+  """Times `spec`'s train step and inference with the torch peer (eager float32, NCHW) in a
+  subprocess: {'train_step_s', 'infer_s' (each the median of `repeats` synced calls), 'params',
+  'framework', 'threads', 'torch_version', 'rows' (the peer's JSON lines)}."""
   if not os.path.isfile(script):
-    raise UsageError(f'no torch reference script at {script}')
-  cmd = [sys.executable, script, *torch_args(spec), '--batch', str(batch_size),
-         '--size', str(image_size), '--repeats', str(repeats)]
+    raise UsageError(f'no torch peer script at {script} (set --config.compare.torch_script)')
+  check_peer_spec(spec)
+  cmd = [sys.executable, script, '--spec', spec.to_json(), '--batch', str(batch_size),
+         '--size', str(image_size), '--classes', str(num_classes), '--repeats', str(repeats),
+         '--modes', 'eager_f32', '--ops', 'train,infer']
   r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
   if r.returncode:
-    raise ValueError(f'torch reference failed ({" ".join(cmd)}): {r.stderr.strip()[-500:]}')
-  return json.loads(r.stdout.strip().splitlines()[-1])
+    raise ValueError(f'torch peer failed ({" ".join(cmd)}): {r.stderr.strip()[-500:]}')
+  rows = {row['op']: row for row in map(json.loads, r.stdout.strip().splitlines())}
+  return {'framework': 'torch', 'torch_version': rows['train']['torch_version'],
+          'params': rows['train']['params'], 'threads': rows['train']['threads'],
+          'train_step_s': rows['train']['synced_s'], 'infer_s': rows['infer']['synced_s'],
+          'rows': list(rows.values())}
 
 
 def compare_table(rows: list[dict], torch_results: dict) -> str:
@@ -631,15 +639,16 @@ def parse_pair(text: str) -> tuple[NamedSpec, int]:
 def compare(ccfg, log=print) -> tuple[list[dict], dict]:
   """jaxbud rows and torch reference results for every 'SPEC@BATCH' of `ccfg.pairs`.
 
-  Each pair runs jaxbud first, then the reference script in a subprocess, so both see the
-  machine in the same state; torch gets the same model, batch, image size and repeats.
+  Each pair runs jaxbud first, then the torch peer (scripts/torch_peer.py, eager float32) in a
+  subprocess, so both see the machine in the same state; torch gets the same model, batch,
+  image size and repeats.
   """
   check_settings(tuple(ccfg.modes), (1,), ('float32',), ccfg.repeats, ccfg.warmup, 0, 0)
   pairs = [parse_pair(p) for p in ccfg.pairs]
   for ns, _ in pairs:
-    torch_args(ns.spec)  # every pair must have a reference model before anything runs
+    check_peer_spec(ns.spec)  # every pair must have a peer model before anything runs
   if not os.path.isfile(ccfg.torch_script):
-    raise UsageError(f'no torch reference script at {ccfg.torch_script} '
+    raise UsageError(f'no torch peer script at {ccfg.torch_script} '
                      '(set --config.compare.torch_script)')
   xla_options = ccfg.get('xla_options', '')
   resolve_xla_options(xla_options)
@@ -651,11 +660,11 @@ def compare(ccfg, log=print) -> tuple[list[dict], dict]:
                        warmup=ccfg.warmup, peaks=peaks, xla_options=xla_options,
                        primed=ccfg.get('primed', True), log=log)
     t = run_torch_reference(ccfg.torch_script, ns.spec, b, ccfg.repeats,
-                            default_image_size(ns.spec))
+                            default_image_size(ns.spec), default_num_classes(ns.spec))
     torch_results[(ns.label, b)] = t
     params = spec_lib.count_params(ns.spec, default_num_classes(ns.spec))
     if t.get('params') != params:  # the two sides must time the same network
-      raise ValueError(f'torch reference built {t.get("params")} params for {ns.label}, '
+      raise ValueError(f'torch peer built {t.get("params")} params for {ns.label}, '
                        f'jaxbud {params}')
     if log:
       log(f'torch {ns.label} batch {b}: train {t["train_step_s"]:.4f} s, '

@@ -12,9 +12,10 @@ timed once and weighted by how often they occur. For each unique convolution and
 alone with `jax.vjp`), the three kinds are called round-robin and the median of --repeats calls
 is kept. All JAX timings come first, then all torch timings: torch's OpenMP threads keep spinning
 for a while after each call, and when JAX and torch calls alternate that slows JAX's own threads
-by up to 1.7x. torch runs NCHW float32 like ../shared/peers/torch_reference.py
-(`aten.convolution_backward` for the gradients, its default thread count). The summary row per kind is the sum over all
-convolutions of count x median: a step's conv time if nothing else ran. JSON goes to --out.
+by up to 1.7x. torch runs NCHW float32, as the peer's eager_f32 mode (scripts/torch_peer.py)
+does (`aten.convolution_backward` for the gradients, its default thread count). The summary row
+per kind is the sum over all convolutions of count x median: a step's conv time if nothing
+else ran. JSON goes to --out.
 """
 import argparse
 import collections

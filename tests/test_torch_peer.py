@@ -39,3 +39,18 @@ def test_eager_modes_write_one_json_line_each(tmp_path, capsys):
   assert len(capsys.readouterr().out.splitlines()) == 4
   with pytest.raises(SystemExit, match="unknown mode 'fp8'"):
     torch_peer.main(['--modes', 'fp8'])
+
+
+def test_bench_compare_runs_the_project_peer():
+  """launch.bench_compare's torch side: the peer in a subprocess, on a pruned (non-uniform)
+  spec, with the parameter count both sides must agree on."""
+  from jaxbud import bench  # pylint: disable=g-import-not-at-top
+  spec = spec_lib.wrn(10, 1).with_prunable((5, 30, 60))
+  t = bench.run_torch_reference(bench.PEER_SCRIPT, spec, batch_size=2, repeats=2,
+                                image_size=8)
+  assert t['params'] == spec_lib.count_params(spec)
+  assert t['train_step_s'] > 0 and t['infer_s'] > 0 and t['framework'] == 'torch'
+  assert [(r['mode'], r['op']) for r in t['rows']] == [('eager_f32', 'train'),
+                                                        ('eager_f32', 'infer')]
+  with pytest.raises(ValueError, match='the torch peer has no resnet model'):
+    bench.run_torch_reference(bench.PEER_SCRIPT, spec_lib.resnet(50), 2, 2)
