@@ -2,6 +2,7 @@
 import setuptools
 
 EXPORT = ['onnx>=1.16,<2', 'onnxruntime>=1.18,<2']
+JAX = '>=0.10,<0.12'  # 0.10.2 (Python 3.11) and 0.11.2 (Python 3.12) tested
 
 setuptools.setup(
     name='jaxbud',
@@ -11,7 +12,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['jaxbud', 'jaxbud.*']),
     python_requires='>=3.11',
     install_requires=[
-        'jax>=0.10,<0.12',  # 0.10.2 (Python 3.11) and 0.11.2 (Python 3.12) tested
+        f'jax{JAX}',
         'flax>=0.12,<0.13',
         'optax>=0.2.5,<0.3',
         'orbax-checkpoint>=0.11,<0.13',
@@ -28,6 +29,11 @@ setuptools.setup(
         'tensorboardX>=2.6',
     ],
     extras_require={
+        # Accelerator builds of the same jax (jax's own extras, within jaxbud's pin): NVIDIA
+        # GPUs with a CUDA 12 or 13 driver, TPU VMs. tests/test_install.py resolves them.
+        'cuda12': [f'jax[cuda12]{JAX}'],
+        'cuda13': [f'jax[cuda13]{JAX}'],
+        'tpu': [f'jax[tpu]{JAX}'],
         # launch.export's ONNX model and bench.runtime=onnxruntime (docs/export.md). The
         # StableHLO artifact (jaxbud.export.stablehlo) and jaxbud.load need only the core.
         'export': EXPORT,
