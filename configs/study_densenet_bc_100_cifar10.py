@@ -1,4 +1,13 @@
-"""The paper's DenseNet-BC-100 (k=12) study on CIFAR-10 (for a GPU/TPU machine)."""
+"""The paper's DenseNet-BC-100 (k=12) study on CIFAR-10, for accelerators.
+
+`study.plan` (the dry run) prints 95 runs and 26,388,368 training steps: 2 base runs and 45
+reduced runs of 234,600 steps (300 epochs at batch 64), 6 prune runs of about 193,700 to
+201,900, 15 Scratch-E and 12 copycat runs of 234,600, and 15 Scratch-B runs of 300,742 to
+902,227 steps. It has not been run.
+
+  python -m launch.study --config=configs/study_densenet_bc_100_cifar10.py --workdir=runs/dn \
+      --config.study.dry_run=True
+"""
 from configs import prune_densenet_bc_100_cifar10
 from configs import sections
 

@@ -1,7 +1,16 @@
-"""The paper's WRN-40-2 study on CIFAR-10 (for a GPU/TPU machine: ~40 full trainings).
+"""The paper's WRN-40-2 study on CIFAR-10, for accelerators.
 
-Base WRN-40-2 (200 epochs), Fisher and L1 prune-and-tune (paper settings), reduced families by
-depth (16..34), width and bottleneck multiplier, pruned-from-scratch, copycats, 3 seeds.
+Two base WRN-40-2 (200 epochs each), Fisher, L1 and signed-L1 prune-and-tune from each (paper
+settings), reduced families by depth (16..34), width and bottleneck multiplier at six budgets,
+Scratch-E, Scratch-B (uncapped) and copycats, 3 seeds per from-scratch point.
+
+`study.plan` (the dry run) prints 107 runs and 12,737,314 training steps: 2 base runs and 48
+reduced runs of 78,200 steps, 6 prune runs of about 123,400, 18 Scratch-E and 15 copycat runs of
+78,200, and 18 Scratch-B runs of 103,203 to 877,226 steps (x1.32 to x11.22 the epochs). It has
+not been run; the README's "The paper's study on accelerators" shows how to split it into jobs.
+
+  python -m launch.study --config=configs/study_wrn_40_2_cifar10.py --workdir=runs/wrn \
+      --config.study.dry_run=True
 """
 from configs import prune_wrn_40_2_cifar10
 from configs import sections

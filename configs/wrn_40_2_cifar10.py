@@ -1,7 +1,8 @@
 """WRN-40-2 on CIFAR-10 with the paper's schedule (authors' code).
 
 SGD momentum 0.9, lr 0.1 x0.2 at epochs 60, 120, 160, 200 epochs, batch 128, coupled weight
-decay 5e-4; pad-4 crop + flip; per-channel normalisation. About 5% test error expected.
+decay 5e-4; pad-4 crop + flip; per-channel normalisation. Published test error: about 5% (the
+paper's baseline); jaxbud has not trained it to the end yet (no accelerator run).
 
   python -m launch.train --config=configs/wrn_40_2_cifar10.py --workdir=runs/wrn_40_2 \
       --config.data.data_dir=~/tensorflow_datasets

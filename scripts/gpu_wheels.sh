@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# The wheel folder for scripts/gpu_bench.sh: the pure-Python packages jaxbud needs that the GPU
-# machine lacks (it has no network). Run it here, where pip reaches PyPI, in the repository
-# root of the checkout the device tool sends:
+# The wheel folder for scripts/gpu_bench.sh on a GPU machine without network that has jax,
+# flax, optax, orbax-checkpoint and torch but not the small pure-Python packages below. Run it
+# where pip reaches PyPI, in the repository root, and copy .whl/ along with the checkout:
 #
-#   bash scripts/gpu_wheels.sh          # -> .whl/ (git-ignored; carry it: carry=['.whl'])
+#   bash scripts/gpu_wheels.sh          # -> .whl/ (git-ignored)
 #
 # ml_collections (configs, flags) needs absl-py and PyYAML; tensorboardX (jaxbud.metrics) needs
-# numpy, packaging and protobuf: the machine has all of those, so --no-deps. Everything else
-# jaxbud's GPU stages import (jax 0.11.2 with the CUDA 13 plugin, flax, optax, orbax-checkpoint,
-# etils, absl-py, numpy, torch) is on the machine already.
+# numpy, packaging and protobuf: such a machine has those, so --no-deps. The wheels are for
+# Python 3.12; change --python-version for another.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DEST="${1:-.whl}"

@@ -5,7 +5,8 @@ r"""Copies a finished study's outputs into docs/<name> and regenerates its READM
   python scripts/publish_study.py --src=runs/study_fashion_mnist --dst=docs/study_fashion_mnist
 
 The README's block between that study's markers is `jaxbud.report.results_block` of docs/<name>
-(the table and the RQ headlines); tests/test_docs.py checks that they agree.
+(the RQ headlines; the table is in docs/<name>/report.md); tests/test_docs.py checks that they
+agree.
 
   python scripts/publish_study.py --check --src=OTHER_RUN [--dst=docs/study_fashion_mnist]
 
@@ -53,7 +54,7 @@ def main(argv=None):
   with open(args.readme) as f:
     text = f.read()
   with open(args.readme, 'w') as f:
-    f.write(report.replace_block(text, report.results_block(args.dst), name))
+    f.write(report.replace_block(text, report.results_block(args.dst, with_table=False), name))
   print(f'copied {len(FILES)} files to {args.dst} and regenerated its results in {args.readme}')
 
 

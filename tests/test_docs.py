@@ -28,7 +28,7 @@ def test_readme_results_are_the_published_study(name):
   if not os.path.isdir(src):
     pytest.skip(f'docs/{name} is not published yet')
   readme = open(os.path.join(ROOT, 'README.md')).read()
-  block = report.results_block(src)
+  block = report.results_block(src, with_table=False)
   assert report.replace_block(readme, block, name) == readme
   published = open(os.path.join(src, 'report.md')).read()
   rows = json.load(open(os.path.join(src, 'results.json')))
@@ -37,3 +37,18 @@ def test_readme_results_are_the_published_study(name):
   for headline, lines in report.answer(comps).values():
     assert headline in published and headline in readme
     assert all(line in published for line in lines)
+
+
+@pytest.mark.parametrize('name', ['study_digits', 'study_fashion_mnist', 'study_wrn_40_2_cifar10',
+                                  'study_densenet_bc_100_cifar10'])
+def test_study_config_docstrings_state_what_the_plan_prints(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  from jaxbud import study  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module(f'configs.{name}')
+  rows = study.plan(module.get_config())
+  runs = sum(r['runs'] for r in rows)
+  steps = sum(r['runs'] * r['steps'] for r in rows)
+  said = re.search(r'`study.plan`[^.]*? prints (\d+) runs and ([\d,]+)\s+training steps',
+                   module.__doc__)
+  assert said, f'configs/{name}.py does not say what study.plan prints'
+  assert (int(said[1]), int(said[2].replace(',', ''))) == (runs, steps)
