@@ -586,7 +586,7 @@ def check_peer_spec(spec: spec_lib.Spec):
 
 
 def run_torch_reference(script: str, spec: spec_lib.Spec, batch_size: int, repeats: int,
-                        image_size: int = 32, num_classes: int = 10,
+                        image_size: int = 32, num_classes: int = 10, warmup: int = 1,
                         timeout: float = 1800) -> dict:
   """Times `spec`'s train step and inference with the torch peer (eager float32, NCHW) in a
   subprocess: {'train_step_s', 'infer_s' (each the median of `repeats` synced calls), 'params',
@@ -596,6 +596,8 @@ def run_torch_reference(script: str, spec: spec_lib.Spec, batch_size: int, repea
   check_peer_spec(spec)
   cmd = [sys.executable, script, '--spec', spec.to_json(), '--batch', str(batch_size),
          '--size', str(image_size), '--classes', str(num_classes), '--repeats', str(repeats),
+         '--warmup', str(warmup),
+         '--steps', '1',  # the pipelined figure is not compared: 3 calls, not 150
          '--modes', 'eager_f32', '--ops', 'train,infer']
   r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
   if r.returncode:
@@ -660,7 +662,8 @@ def compare(ccfg, log=print) -> tuple[list[dict], dict]:
                        warmup=ccfg.warmup, peaks=peaks, xla_options=xla_options,
                        primed=ccfg.get('primed', True), log=log)
     t = run_torch_reference(ccfg.torch_script, ns.spec, b, ccfg.repeats,
-                            default_image_size(ns.spec), default_num_classes(ns.spec))
+                            default_image_size(ns.spec), default_num_classes(ns.spec),
+                            ccfg.warmup)
     torch_results[(ns.label, b)] = t
     params = spec_lib.count_params(ns.spec, default_num_classes(ns.spec))
     if t.get('params') != params:  # the two sides must time the same network
