@@ -9,8 +9,9 @@ def prune_section(**overrides):
   """The `prune` section: a prune-and-tune run from a trained base network."""
   p = ml_collections.ConfigDict(dict(
       base_workdir='',       # workdir of the trained base network (launch.train)
-      criterion='fisher',    # fisher | fisher_cost | l1 | l1_signed | random | your own
+      criterion='fisher',    # fisher | fisher_cost | taylor | bn_scale | l1 | l1_signed | random
       beta=0.0,              # fisher_cost: weight of the MACs saved by a removal
+      normalise='none',      # scores per layer: none | l2 (Molchanov et al. 2017) | mean
       prune_every=100,       # fine-tuning steps per round (saliency accumulated over them)
       rounds=1300,           # removals (one channel each), at most the prunable channel count
       budgets=(),            # parameter counts at which tuned, compacted snapshots are saved

@@ -118,27 +118,32 @@ def make_preprocess(ds: data_lib.Dataset, *, crop_pad: int, flip: bool, dtype,
   return preprocess
 
 
-def make_update(model, tx):
+def make_update(model, tx, record_activations: bool = False):
   """(state, x, labels, gates) -> (state, metrics, gate grads): one SGD step in train mode.
 
   With `gates` (a dict of (N, C) arrays, see jaxbud.models) the gradient with respect to them
   comes out of the same backward pass; it is the per-example g_nc that Fisher pruning needs.
+  With `record_activations`, the third value is (gate grads, {gate name: (C,) mean activation
+  where the gate sits}) (jaxbud.models' `intermediates`).
   """
+  mutable = ['batch_stats'] + (['intermediates'] if record_activations else [])
 
   def update(state: TrainState, x, labels, gates=None):
 
     def loss_fn(params, gates):
       logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, x,
-                                    train=True, gates=gates, mutable=['batch_stats'])
-      return cross_entropy(logits, labels).mean(), (logits, updates['batch_stats'])
+                                    train=True, gates=gates, mutable=mutable)
+      return cross_entropy(logits, labels).mean(), (logits, updates)
 
-    (loss, (logits, batch_stats)), (grads, gate_grads) = jax.value_and_grad(
+    (loss, (logits, updates)), (grads, gate_grads) = jax.value_and_grad(
         loss_fn, argnums=(0, 1), has_aux=True)(state.params, gates)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    tx_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, tx_updates)
     acc = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return (state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                          opt_state=opt_state),
+    if record_activations:
+      gate_grads = (gate_grads, models.gate_activations(updates['intermediates']))
+    return (state.replace(step=state.step + 1, params=params,
+                          batch_stats=updates['batch_stats'], opt_state=opt_state),
             {'train_loss': loss, 'train_accuracy': acc}, gate_grads)
 
   return update

@@ -221,3 +221,24 @@ def test_a_snapshot_taken_again_after_a_resume_replaces_the_old_one(base, tmp_pa
   assert again['snapshots'][0]['step'] == snap['step'] and before == [snap['step']]
   assert not os.path.exists(os.path.join(ckpt_dir, 'left_by_the_interrupted_run'))
   assert ckpt_lib.Checkpoints(ckpt_dir).all_steps() == before
+
+
+def test_a_taylor_run_with_normalised_scores_resumes_to_the_same_removals(base, tmp_path):
+  """The Taylor criterion's gradient statistics are part of the checkpointed state: a run
+  resumed from an earlier checkpoint removes the same channels as the run that went straight."""
+  c = small_config(base, criterion='taylor', normalise='l2', budgets=(), rounds=12,
+                   checkpoint_every_rounds=4, compact_every=64)
+  workdir = tmp_path / 'taylor'
+  first = prune_tune.prune_and_tune(c, str(workdir))
+  removals = json.load(open(workdir / 'history.json'))['removals']
+  assert len(removals) == 12 and first['criterion'] == 'taylor'
+  ckpts = ckpt_lib.Checkpoints(str(workdir / 'checkpoints'))
+  steps = ckpts.all_steps()
+  ckpts.close()
+  assert len(steps) == 2  # keep=2: resume from the older one
+  shutil.rmtree(workdir / 'checkpoints' / str(steps[-1]))
+  os.remove(workdir / 'summary.json')
+  prune_tune.prune_and_tune(c, str(workdir))
+  again = json.load(open(workdir / 'history.json'))['removals']
+  assert [(r['layer'], r['channel']) for r in again] == [(r['layer'], r['channel'])
+                                                          for r in removals]
