@@ -222,6 +222,26 @@ def gate_activations(intermediates) -> dict:
           for key, values in recorded.items() if key.startswith('mean_')}
 
 
+def channel_bn(spec, name: str) -> tuple[str, str]:
+  """(block, BN module) of the batch norm that normalises prunable layer `name`'s channels:
+  pre-activation networks (WRN, DenseNet-BC) normalise conv_k's output in bn_{k+1}, the
+  post-activation ResNet in bn_k."""
+  block, conv = name.split('/')
+  k = int(conv[len('conv'):])
+  return block, (f'bn{k + 1}' if spec.family in ('wrn', 'densenet_bc') else f'bn{k}')
+
+
+def bn_l1(spec, params) -> jax.Array:
+  """Sum of |gamma| over the BN scales of every prunable channel: network slimming's sparsity
+  penalty (Liu et al. 2017), which `train.bn_l1` adds to the training loss."""
+  total = jnp.zeros((), jnp.float32)
+  for name, w in zip(spec.prunable_names, spec.prunable):
+    if w:
+      block, bn = channel_bn(spec, name)
+      total += jnp.sum(jnp.abs(params[block][bn]['scale'].astype(jnp.float32)))
+  return total
+
+
 def check_gates(spec, gates):
   """Gate names must be prunable layers of `spec`: a typo would otherwise silently do nothing."""
   unknown = sorted(set(gates or {}) - set(spec.prunable_names))

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbud import models
 from jaxbud import parallel
 from jaxbud import spec as spec_lib
 from jaxbud import train as train_lib
@@ -28,9 +29,7 @@ def coupled_modules(spec: spec_lib.Spec, name: str):
   """(producer conv, its BN, consumer conv) module paths of prunable layer `name`."""
   block, conv = name.split('/')
   k = int(conv[len('conv'):])
-  # Pre-activation nets (WRN, DenseNet-BC) normalise conv_k's output in bn_{k+1}.
-  bn = f'bn{k + 1}' if spec.family in ('wrn', 'densenet_bc') else f'bn{k}'
-  return (block, conv), (block, bn), (block, f'conv{k + 1}')
+  return (block, conv), models.channel_bn(spec, name), (block, f'conv{k + 1}')
 
 
 def rank(spec: spec_lib.Spec, scores: dict, alive: dict | None = None):

@@ -151,3 +151,30 @@ def test_a_criterion_declares_what_it_needs():
   # A step that accumulates nothing keeps no statistics.
   _, state = perturbed_state(SPEC, (8, 8, 1))
   assert prune.init_prune_state(state, SPEC, ()).stats == {}
+
+
+def test_bn_l1_adds_the_slimming_penalty_to_the_bn_scales_gradient():
+  """train.bn_l1 = lam: the update's gradient is the cross-entropy's plus lam * sign(gamma) on
+  the BN scales of the prunable channels, and nothing elsewhere."""
+  ds = _digits(8)
+  model, state = perturbed_state(SPEC, (8, 8, 1))
+  tx = optax.sgd(1.0)  # the update is minus the gradient
+  state = state.replace(opt_state=tx.init(state.params))
+  x = train.make_preprocess(ds, crop_pad=0, flip=False, dtype=jnp.float32)(
+      state.rng, 0, jnp.asarray(ds.train_images))
+  labels = jnp.asarray(ds.train_labels)
+  lam = 0.5
+  (plain, _, _), (slim, metrics, _) = (
+      fast_compile.run(train.make_update(model, tx, bn_l1=b), state, x, labels)
+      for b in (0.0, lam))
+  assert float(metrics['bn_l1_penalty']) == pytest.approx(
+      lam * float(models.bn_l1(SPEC, state.params)), rel=1e-6)
+  diff = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), plain.params, slim.params)
+  coupled = {models.channel_bn(SPEC, n) for n in SPEC.prunable_names}
+  for path, d in jax.tree_util.tree_flatten_with_path(diff)[0]:
+    keys = tuple(k.key for k in path)
+    if keys[:2] in coupled and keys[2] == 'scale':
+      np.testing.assert_allclose(d, lam * np.sign(state.params[keys[0]][keys[1]]['scale']),
+                                 rtol=1e-5, err_msg=str(keys))
+    else:
+      np.testing.assert_allclose(d, 0, atol=1e-6, err_msg=str(keys))
