@@ -13,7 +13,8 @@ def prune_section(**overrides):
       beta=0.0,              # fisher_cost: weight of the MACs saved by a removal
       normalise='none',      # scores per layer: none | l2 (Molchanov et al. 2017) | mean
       prune_every=100,       # fine-tuning steps per round (saliency accumulated over them)
-      rounds=1300,           # removals (one channel each), at most the prunable channel count
+      rounds=1300,           # removal rounds; rounds x channels_per_round <= prunable channels
+      channels_per_round=1,  # channels removed per round (the paper: 1)
       budgets=(),            # parameter counts at which tuned, compacted snapshots are saved
       stop_after_last_budget=False,
       eval_every_rounds=10,  # test error along the trajectory (the reference: every round)

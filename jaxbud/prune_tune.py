@@ -129,10 +129,15 @@ def validate_section(pcfg, base_spec=None):
   if pcfg.pad_mode not in augment.PAD_MODES:
     raise UsageError(f'unknown prune.pad_mode {pcfg.pad_mode!r}; expected one of '
                      f'{tuple(augment.PAD_MODES)}')
+  per_round = pcfg.get('channels_per_round', 1)
+  if per_round < 1:
+    raise UsageError(f'prune.channels_per_round must be >= 1, got {per_round}')
   channels = sum(base_spec.prunable) if base_spec is not None else None
-  if channels is not None and pcfg.rounds > channels:
-    raise UsageError(f'prune.rounds={pcfg.rounds} removes more channels than the '
-                     f'{channels} prunable channels of the base network')
+  if channels is not None and pcfg.rounds * per_round > channels:
+    what = f'prune.rounds={pcfg.rounds}' + (
+        f' x prune.channels_per_round={per_round}' if per_round > 1 else '')
+    raise UsageError(f'{what} removes more channels than the {channels} prunable channels of '
+                     'the base network')
 
 
 def _validate(config, base_spec, num_classes):
@@ -298,7 +303,8 @@ class _Pruning:
     return self._remove(ps, rnd, done)
 
   def _remove(self, ps, rnd, done):
-    """Removes the least salient live channel; compacts once `compact_every` are masked."""
+    """Removes the `channels_per_round` least salient live channels (one by default, as the
+    paper); compacts once `compact_every` are masked."""
     spec, pcfg = self.spec, self.pcfg
     alive = {n: np.asarray(ps.mask[n]) > 0 for n in spec.prunable_names}
     stats = jax.device_get(ps.stats)
@@ -310,22 +316,24 @@ class _Pruning:
     if not ranked:
       metrics_lib.log(f'round {rnd}: no prunable channel left, stopping')
       return ps, True
-    name, c, score = ranked[0]
+    k = pcfg.get('channels_per_round', 1)
     mask = dict(ps.mask)
-    mask[name] = mask[name].at[c].set(0.0)
+    for i, (name, c, score) in enumerate(ranked[:k]):
+      mask[name] = mask[name].at[c].set(0.0)
+      # The next channel in line says how decisive the removal was (near ties flip under
+      # float rounding).
+      nxt = ranked[i + 1] if i + 1 < len(ranked) else None
+      self.removals.append({
+          'round': rnd, 'step': done, 'layer': name, 'channel': int(self.orig[name][c]),
+          'score': score,
+          'params': spec_lib.count_params(_mask_spec(spec, mask), self.nc),
+          'runner_up': nxt and [nxt[0], int(self.orig[nxt[0]][nxt[1]]), nxt[2]]})
     # Replicated like the state the step returns, so the step is not compiled a second time for
     # the single-device arrays eager ops make.
     mask, stats = parallel.replicate(self.p.mesh,
                                      (mask, jax.tree.map(jnp.zeros_like, ps.stats)))
     ps = ps.replace(mask=mask, stats=stats)
-    # The runner-up says how decisive the removal was (near ties flip under float rounding).
-    runner_up = ([ranked[1][0], int(self.orig[ranked[1][0]][ranked[1][1]]), ranked[1][2]]
-                 if len(ranked) > 1 else None)
-    self.removals.append({'round': rnd, 'step': done, 'layer': name,
-                          'channel': int(self.orig[name][c]), 'score': score,
-                          'params': spec_lib.count_params(_mask_spec(spec, mask), self.nc),
-                          'runner_up': runner_up})
-    dead = sum(int(np.sum(~alive[n])) for n in spec.prunable_names) + 1
+    dead = sum(int(np.sum(~alive[n])) for n in spec.prunable_names) + min(k, len(ranked))
     if dead >= pcfg.compact_every:
       ps = self._compact(ps)
     return ps, False

@@ -178,3 +178,17 @@ def test_bn_l1_adds_the_slimming_penalty_to_the_bn_scales_gradient():
                                  rtol=1e-5, err_msg=str(keys))
     else:
       np.testing.assert_allclose(d, 0, atol=1e-6, err_msg=str(keys))
+
+
+def test_channels_per_round_is_checked_against_the_network():
+  from configs import sections  # pylint: disable=g-import-not-at-top
+  from jaxbud import prune_tune  # pylint: disable=g-import-not-at-top
+  p = sections.prune_section(rounds=38, channels_per_round=3)
+  with pytest.raises(ValueError, match=r'prune.rounds=38 x prune.channels_per_round=3 removes '
+                                       r'more channels than the 112 prunable channels'):
+    prune_tune.validate_section(p, SPEC)
+  p.rounds = 37
+  prune_tune.validate_section(p, SPEC)
+  p.channels_per_round = 0
+  with pytest.raises(ValueError, match='prune.channels_per_round must be >= 1, got 0'):
+    prune_tune.validate_section(p, SPEC)

@@ -223,15 +223,20 @@ def test_a_snapshot_taken_again_after_a_resume_replaces_the_old_one(base, tmp_pa
   assert ckpt_lib.Checkpoints(ckpt_dir).all_steps() == before
 
 
-def test_a_taylor_run_with_normalised_scores_resumes_to_the_same_removals(base, tmp_path):
-  """The Taylor criterion's gradient statistics are part of the checkpointed state: a run
-  resumed from an earlier checkpoint removes the same channels as the run that went straight."""
-  c = small_config(base, criterion='taylor', normalise='l2', budgets=(), rounds=12,
-                   checkpoint_every_rounds=4, compact_every=64)
-  workdir = tmp_path / 'taylor'
+@pytest.mark.parametrize('prune', [dict(criterion='taylor', normalise='l2'),
+                                   dict(channels_per_round=3)], ids=['taylor_l2', 'three_a_round'])
+def test_a_run_resumed_from_an_earlier_checkpoint_makes_the_same_removals(base, tmp_path, prune):
+  """A Taylor run with normalised scores (its gradient statistics are part of the checkpointed
+  state), and a run removing three channels a round: resumed from an earlier checkpoint, each
+  removes the same channels as the run that went straight."""
+  per_round = prune.get('channels_per_round', 1)
+  c = small_config(base, budgets=(), rounds=12, checkpoint_every_rounds=4, compact_every=16,
+                   **prune)
+  workdir = tmp_path / 'run'
   first = prune_tune.prune_and_tune(c, str(workdir))
   removals = json.load(open(workdir / 'history.json'))['removals']
-  assert len(removals) == 12 and first['criterion'] == 'taylor'
+  assert len(removals) == 12 * per_round and first['criterion'] == c.prune.criterion
+  assert [r['round'] for r in removals] == [i // per_round for i in range(12 * per_round)]
   ckpts = ckpt_lib.Checkpoints(str(workdir / 'checkpoints'))
   steps = ckpts.all_steps()
   ckpts.close()

@@ -325,7 +325,8 @@ def plan(config, step_seconds: float | None = None) -> list[dict]:
       smallest = min(main_budgets(config, base, nc))
     rounds = pcfg.rounds
     if pcfg.stop_after_last_budget:
-      rounds = min(rounds, math.ceil((base_params - smallest) / per_channel))
+      rounds = min(rounds, math.ceil((base_params - smallest) / per_channel
+                                     / pcfg.get('channels_per_round', 1)))
     mean_macs = (base_macs + smallest / base_params * base_macs) / 2  # shrinking as it goes
     rows.append(dict(what=f'prune-and-tune ({crit}), about {rounds} rounds', kind='prune',
                      runs=prune_seeds, steps=(rounds + 1) * pcfg.prune_every, macs=mean_macs,
