@@ -254,8 +254,16 @@ _NOT_RESULT = {'data': ('data_dir', 'manual_dir'),
                          'checkpoint_every_rounds', 'eval_every_rounds')}
 
 
+# Fields added after fingerprints existed, left out at the value that leaves a run as it was, so
+# that runs made before them stay reusable.
+_NEUTRAL = {'train': {'bn_l1': 0.0},
+            'prune': {'normalise': 'none', 'channels_per_round': 1}}
+
+
 def _section(config, name) -> dict:
-  return {k: v for k, v in config[name].to_dict().items() if k not in _NOT_RESULT.get(name, ())}
+  neutral = _NEUTRAL.get(name, {})
+  return {k: v for k, v in config[name].to_dict().items()
+          if k not in _NOT_RESULT.get(name, ()) and not (k in neutral and v == neutral[k])}
 
 
 def train_facts(config, spec: spec_lib.Spec) -> dict:
