@@ -44,6 +44,7 @@ def get_config(arg=None):
       schedule='multistep',  # multistep | cosine | constant
       milestones=(8, 12),    # epochs at which the lr is multiplied by lr_decay
       lr_decay=0.2,
+      bn_l1=0.0,             # network slimming: + bn_l1 * sum |gamma| of the prunable channels' BNs
       eval_every_epochs=5,
       log_every_steps=50,
       checkpoint_every_epochs=1,

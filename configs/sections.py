@@ -9,10 +9,12 @@ def prune_section(**overrides):
   """The `prune` section: a prune-and-tune run from a trained base network."""
   p = ml_collections.ConfigDict(dict(
       base_workdir='',       # workdir of the trained base network (launch.train)
-      criterion='fisher',    # fisher | fisher_cost | l1 | l1_signed | random | your own
+      criterion='fisher',    # fisher | fisher_cost | taylor | bn_scale | l1 | l1_signed | random
       beta=0.0,              # fisher_cost: weight of the MACs saved by a removal
+      normalise='none',      # scores per layer: none | l2 (Molchanov et al. 2017) | mean
       prune_every=100,       # fine-tuning steps per round (saliency accumulated over them)
-      rounds=1300,           # removals (one channel each), at most the prunable channel count
+      rounds=1300,           # removal rounds; rounds x channels_per_round <= prunable channels
+      channels_per_round=1,  # channels removed per round (the paper: 1)
       budgets=(),            # parameter counts at which tuned, compacted snapshots are saved
       stop_after_last_budget=False,
       eval_every_rounds=10,  # test error along the trajectory (the reference: every round)

@@ -16,8 +16,8 @@ Inputs are random uint8 images; the data pipeline is not part of any figure.
 - infer:  normalise + `model.apply` in eval mode (running BN statistics).
 - train:  `train.make_train_step` (on-device crop/flip + normalise, forward/backward in train
           mode, SGD momentum with coupled weight decay), state donated.
-- fisher: `prune.make_prune_step(fisher=True)` on `prune.init_prune_state`: the train step plus
-          per-example (N, C) channel gates and the accumulated Fisher saliency.
+- fisher: `prune.make_prune_step` on `prune.init_prune_state` (the Fisher accumulator): the
+          train step plus per-example (N, C) channel gates and the accumulated Fisher saliency.
 
 FLOP convention: XLA's `cost_analysis()['flops']` counts a multiply-add as 2 flops, so for
 inference `xla_flops ~= 2 * batch * macs` (the spec's count_macs) plus the small elementwise
@@ -376,7 +376,7 @@ def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None
       compiled, cs = _compile(step, args, donate=0, options=options)
       cases.append(_Case(mode, compiled, args, cs, stateful=True))
     elif mode == 'fisher':
-      step = prune.make_prune_step(model, tx, ds, crop_pad=crop_pad, flip=True, fisher=True)
+      step = prune.make_prune_step(model, tx, ds, crop_pad=crop_pad, flip=True)
       ps = jax.jit(prune.init_prune_state, static_argnums=1, out_shardings=repl)(
           jax.tree.map(jnp.copy, state), spec)
       args = (ps, batch)

@@ -7,15 +7,21 @@ channels. Research code adds its own with the same signature:
     def my_criterion(ctx: criteria.Context):
       return {name: ... for name in ctx.spec.prunable_names}
 
-and selects it with `--config.prune.criterion=my_criterion`. Criteria registered with
-`needs_fisher=True` get `ctx.fisher`, the Fisher saliency accumulated since the last removal.
+and selects it with `--config.prune.criterion=my_criterion`. A criterion that needs statistics
+from training declares them, `@criteria.register('name', needs=('grad_sq',))`, and reads
+`ctx.stats['grad_sq']`: each is summed over the `ctx.steps` steps since the last removal, in the
+prune step's own backward pass (`jaxbud.prune.ACCUMULATORS`: fisher, grad, grad_sq, grad_abs,
+activation). `needs_fisher=True` is `needs=('fisher',)`, also given as `ctx.fisher`.
+`prune.normalise` ('none', 'l2' or 'mean' per layer) applies to any criterion's scores.
 """
 import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxbud import prune
 from jaxbud import spec as spec_lib
 from jaxbud.errors import UsageError
 
@@ -27,7 +33,8 @@ class Context:
   spec: the current width spec; params: its parameters (nested dict, see jaxbud.models);
   fisher: {name: (C,)} accumulated Fisher saliency (None unless the criterion needs it);
   key: a PRNG key for this round; options: the prune config section (criterion hyperparameters
-  such as `beta` live there); image_size / num_classes: for cost terms.
+  such as `beta` live there); image_size / num_classes: for cost terms; stats: {accumulator:
+  {name: (C,)}} for the accumulators the criterion needs, summed over `steps` steps.
   """
   spec: spec_lib.Spec
   params: dict
@@ -36,26 +43,55 @@ class Context:
   options: object = None
   image_size: int = 32
   num_classes: int = 10
+  stats: dict | None = None
+  steps: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class Criterion:
   name: str
   fn: Callable[[Context], dict]
-  needs_fisher: bool = False
+  needs: tuple = ()  # names of jaxbud.prune.ACCUMULATORS
+
+  @property
+  def needs_fisher(self) -> bool:
+    return 'fisher' in self.needs
 
 
 _REGISTRY: dict[str, Criterion] = {}
 
 
-def register(name: str, needs_fisher: bool = False):
-  """Decorator adding `fn(ctx) -> {layer name: (C,) scores}` to the registry under `name`."""
+def register(name: str, needs: tuple = (), needs_fisher: bool = False):
+  """Decorator adding `fn(ctx) -> {layer name: (C,) scores}` to the registry under `name`; the
+  prune step accumulates the statistics `needs` names for it."""
+  needs = tuple(needs) + (('fisher',) if needs_fisher and 'fisher' not in needs else ())
+  prune.check_accumulators(needs)
 
   def deco(fn):
-    _REGISTRY[name] = Criterion(name, fn, needs_fisher)
+    _REGISTRY[name] = Criterion(name, fn, needs)
     return fn
 
   return deco
+
+
+NORMALISE = ('none', 'l2', 'mean')
+
+
+def normalise(scores: dict, how: str, alive: dict | None = None) -> dict:
+  """Scores divided, layer by layer, by their L2 norm (Molchanov et al. 2017) or their mean over
+  the layer's live channels; 'none' leaves them. A layer whose norm or mean is 0 is left as it
+  is."""
+  if how not in NORMALISE:
+    raise UsageError(f'unknown prune.normalise {how!r}; expected one of {NORMALISE}')
+  if how == 'none':
+    return scores
+  out = {}
+  for name, s in scores.items():
+    s = np.asarray(s, np.float64)
+    live = s[np.asarray(alive[name], bool)] if alive is not None else s
+    scale = np.sqrt(np.sum(live ** 2)) if how == 'l2' else (np.mean(live) if live.size else 0.0)
+    out[name] = s / scale if scale else s
+  return out
 
 
 def get(name: str) -> Criterion:
@@ -127,3 +163,23 @@ def random(ctx: Context):
   keys = jax.random.split(ctx.key, len(ctx.spec.prunable))
   return {n: jax.random.uniform(k, (w,))
           for n, w, k in zip(ctx.spec.prunable_names, ctx.spec.prunable, keys)}
+
+
+@register('taylor', needs=('grad_sq',))
+def taylor(ctx: Context):
+  """Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning": the first-order
+  Taylor estimate of the loss change when a channel is removed, (dL/ds_c)^2 for a scale s_c on
+  the channel (its gate), per batch, averaged over the batches since the last removal."""
+  return {n: v / ctx.steps for n, v in ctx.stats['grad_sq'].items()}
+
+
+@register('bn_scale')
+def bn_scale(ctx: Context):
+  """Liu et al. 2017, "Learning Efficient Convolutional Networks through Network Slimming": the
+  absolute BN scale |gamma_c| of the batch norm that normalises the channel (train with
+  `train.bn_l1` > 0 to push the unimportant ones to zero first)."""
+  out = {}
+  for n, w in zip(ctx.spec.prunable_names, ctx.spec.prunable):
+    _, (block, bn), _ = prune.coupled_modules(ctx.spec, n)
+    out[n] = jnp.abs(ctx.params[block][bn]['scale']) if w else jnp.zeros((0,))
+  return out

@@ -68,7 +68,7 @@ def bare_steps(ts: train_lib.TrainSetup, steps: int, repeats: int) -> dict:
   ps = jax.jit(prune.init_prune_state, static_argnums=1)(new_state(), ts.spec)
   prune_aug = input_pipeline.device_augment(config, prune='prune' in config)
   step, out['fisher_compile_s'] = _compile(
-      prune.make_prune_step(ts.model, ts.tx, ds, fisher=True, **prune_aug), (ps, batch),
+      prune.make_prune_step(ts.model, ts.tx, ds, **prune_aug), (ps, batch),
       donate=0)
   out['fisher_step_s'] = bench.pipelined_median(step, (ps, batch), steps, repeats)
   out['fisher_vs_train'] = out['fisher_step_s'] / out['train_step_s']

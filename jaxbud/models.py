@@ -205,6 +205,43 @@ def apply_gate(x, gates, name):
   return gate(x, g if jnp.issubdtype(g.dtype, jnp.floating) else g.astype(jnp.float32))
 
 
+def gated(module: nn.Module, x, gates, name):
+  """`apply_gate` inside a block, which also records the mean activation per channel of `x`
+  (float32, over batch and space) in the `intermediates` collection when the caller made it
+  mutable (`train.make_update(record_activations=True)`); otherwise that costs nothing."""
+  if module.is_mutable_collection('intermediates'):
+    module.sow('intermediates', f'mean_{name.split("/")[-1]}',
+               jnp.mean(x.astype(jnp.float32), axis=(0, 1, 2)))
+  return apply_gate(x, gates, name)
+
+
+def gate_activations(intermediates) -> dict:
+  """{gate name: (C,) mean activation} from the `intermediates` that `gated` recorded."""
+  return {f'{block}/{key[len("mean_"):]}': values[0]
+          for block, recorded in intermediates.items()
+          for key, values in recorded.items() if key.startswith('mean_')}
+
+
+def channel_bn(spec, name: str) -> tuple[str, str]:
+  """(block, BN module) of the batch norm that normalises prunable layer `name`'s channels:
+  pre-activation networks (WRN, DenseNet-BC) normalise conv_k's output in bn_{k+1}, the
+  post-activation ResNet in bn_k."""
+  block, conv = name.split('/')
+  k = int(conv[len('conv'):])
+  return block, (f'bn{k + 1}' if spec.family in ('wrn', 'densenet_bc') else f'bn{k}')
+
+
+def bn_l1(spec, params) -> jax.Array:
+  """Sum of |gamma| over the BN scales of every prunable channel: network slimming's sparsity
+  penalty (Liu et al. 2017), which `train.bn_l1` adds to the training loss."""
+  total = jnp.zeros((), jnp.float32)
+  for name, w in zip(spec.prunable_names, spec.prunable):
+    if w:
+      block, bn = channel_bn(spec, name)
+      total += jnp.sum(jnp.abs(params[block][bn]['scale'].astype(jnp.float32)))
+  return total
+
+
 def check_gates(spec, gates):
   """Gate names must be prunable layers of `spec`: a typo would otherwise silently do nothing."""
   unknown = sorted(set(gates or {}) - set(spec.prunable_names))
@@ -245,7 +282,7 @@ class WRNBlock(ConvBNModule):
   def __call__(self, x, train, gates=None):
     o = nn.relu(self.bn(x, train, name='bn1'))
     y = nn.relu(self.bn(self.conv(o, self.inner, 3, self.stride, name='conv1'), train, name='bn2'))
-    y = self.conv(apply_gate(y, gates, f'{self.name}/conv1'), self.out, 3, name='conv2')
+    y = self.conv(gated(self, y, gates, f'{self.name}/conv1'), self.out, 3, name='conv2')
     if x.shape[-1] != self.out or self.stride != 1:
       x = self.conv(o, self.out, 1, self.stride, name='shortcut')
     return x + y
@@ -274,7 +311,7 @@ class DenseLayer(ConvBNModule):
   def __call__(self, x, train, gates=None):
     y = nn.relu(self.bn(x, train, name='bn1'))
     y = nn.relu(self.bn(self.conv(y, self.bottleneck, 1, name='conv1'), train, name='bn2'))
-    y = self.conv(apply_gate(y, gates, f'{self.name}/conv1'), self.growth, 3, name='conv2')
+    y = self.conv(gated(self, y, gates, f'{self.name}/conv1'), self.growth, 3, name='conv2')
     return jnp.concatenate([x, y], axis=-1)
 
 
@@ -319,7 +356,7 @@ class ResNetBlock(ConvBNModule):
     for i, (k, s, w) in enumerate(zip(kernels, strides, self.inner + (self.out,))):
       y = self.bn(self.conv(y, w, k, s, name=f'conv{i + 1}'), train, name=f'bn{i + 1}')
       if i < len(self.inner):
-        y = apply_gate(nn.relu(y), gates, f'{self.name}/conv{i + 1}')
+        y = gated(self, nn.relu(y), gates, f'{self.name}/conv{i + 1}')
     if x.shape[-1] != self.out or self.stride != 1:
       x = self.bn(self.conv(x, self.out, 1, self.stride, name='shortcut'), train,
                   name='shortcut_bn')

@@ -7,8 +7,9 @@
   output axis, its BN entries, the consuming conv's input axis. Layers left with no channel lose
   those modules entirely, as a model built from the smaller spec has none.
 - `make_prune_step` is the training step of a prune-and-tune run: the ordinary SGD update on the
-  masked network, with the Fisher saliency of every channel accumulated from the gradient with
-  respect to per-example channel gates, in the same backward pass.
+  masked network, with per-channel statistics (`ACCUMULATORS`: the Fisher saliency, gate
+  gradients, activations) accumulated from the gradient with respect to per-example channel
+  gates, in the same backward pass.
 
 Because a channel's gate sits after its BN and ReLU, a masked channel contributes exactly zero,
 so the compacted network computes what the masked one does.
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbud import models
 from jaxbud import parallel
 from jaxbud import spec as spec_lib
 from jaxbud import train as train_lib
@@ -27,9 +29,7 @@ def coupled_modules(spec: spec_lib.Spec, name: str):
   """(producer conv, its BN, consumer conv) module paths of prunable layer `name`."""
   block, conv = name.split('/')
   k = int(conv[len('conv'):])
-  # Pre-activation nets (WRN, DenseNet-BC) normalise conv_k's output in bn_{k+1}.
-  bn = f'bn{k + 1}' if spec.family in ('wrn', 'densenet_bc') else f'bn{k}'
-  return (block, conv), (block, bn), (block, f'conv{k + 1}')
+  return (block, conv), models.channel_bn(spec, name), (block, f'conv{k + 1}')
 
 
 def rank(spec: spec_lib.Spec, scores: dict, alive: dict | None = None):
@@ -133,32 +133,58 @@ def shrink_state(state: train_lib.TrainState, spec: spec_lib.Spec, keep: dict):
                        opt_state=shrink(state.opt_state, spec, keep))
 
 
+# Per-channel statistics a criterion can ask for (`criteria.register(needs=...)`). The prune step
+# computes each from one batch and sums it over the steps since the last removal. g: the
+# per-example gradients (N, C) of the batch's mean loss with respect to the channel gates, so
+# sum_n g_nc = dL/ds_c, the gradient with respect to a scale on channel c, and N g_nc is example
+# n's own; a: the channel's mean activation (C,) where its gate sits (after BN and ReLU).
+ACCUMULATORS = {
+    'fisher': lambda g, a: 0.5 * jnp.mean(jnp.square(g), axis=0),  # Theis et al.'s Fisher term
+    'grad': lambda g, a: jnp.sum(g, axis=0),                 # dL/ds_c, signed
+    'grad_sq': lambda g, a: jnp.square(jnp.sum(g, axis=0)),  # (dL/ds_c)^2 (Molchanov et al. 2019)
+    'grad_abs': lambda g, a: jnp.sum(jnp.abs(g), axis=0),    # mean_n |N g_nc|, per example
+    'activation': lambda g, a: a,                            # mean activation
+}
+
+
+def check_accumulators(names):
+  unknown = sorted(set(names) - set(ACCUMULATORS))
+  if unknown:
+    raise ValueError(f'unknown accumulator(s) {unknown}; expected some of {sorted(ACCUMULATORS)}')
+
+
 class PruneState(flax.struct.PyTreeNode):
-  """A fine-tuning state plus, per prunable layer, the live mask and accumulated saliency."""
+  """A fine-tuning state plus, per prunable layer, the live mask and accumulated statistics."""
   train: train_lib.TrainState
-  mask: dict      # {name: (C,) float32}, 1 for live channels
-  saliency: dict  # {name: (C,) float32}, Fisher saliency summed since the last removal (0 where
-                  # masked: models.gate gives no gradient through a zero gate, and rank skips them)
+  mask: dict   # {name: (C,) float32}, 1 for live channels
+  stats: dict  # {accumulator: {name: (C,) float32}} summed since the last removal; gradient
+               # statistics are 0 where masked (models.gate gives no gradient through a zero
+               # gate, and rank skips masked channels)
 
 
-def init_prune_state(state: train_lib.TrainState, spec: spec_lib.Spec) -> PruneState:
+def init_prune_state(state: train_lib.TrainState, spec: spec_lib.Spec,
+                     accumulators=('fisher',)) -> PruneState:
+  check_accumulators(accumulators)
   ones = {n: jnp.ones((w,), jnp.float32) for n, w in zip(spec.prunable_names, spec.prunable)}
-  return PruneState(state, ones, jax.tree.map(jnp.zeros_like, ones))
+  return PruneState(state, ones, {a: jax.tree.map(jnp.zeros_like, ones) for a in accumulators})
 
 
 def fisher_saliency(gate_grads: dict) -> dict:
   """0.5 * mean over examples of g_nc^2 for per-example gate gradients g of shape (N, C)."""
-  return {n: 0.5 * jnp.mean(jnp.square(g.astype(jnp.float32)), axis=0)
-          for n, g in gate_grads.items()}
+  return {n: ACCUMULATORS['fisher'](g.astype(jnp.float32), None) for n, g in gate_grads.items()}
 
 
 def make_prune_step(model, tx, ds, *, crop_pad: int, flip: bool, pad_mode: str = 'zeros',
-                    fisher: bool = True):
-  """(PruneState, batch) -> (PruneState, metrics): SGD on the masked net, Fisher accumulated.
-  Random crops pad with zeros by default, as the reference's pruning script does."""
+                    accumulators=('fisher',)):
+  """(PruneState, batch) -> (PruneState, metrics): SGD on the masked net, with the statistics
+  `accumulators` (names of ACCUMULATORS, the keys of the state's `stats`) summed from the same
+  backward pass. Asking for none computes none. Random crops pad with zeros by default, as the
+  reference's pruning script does."""
+  check_accumulators(accumulators)
   preprocess = train_lib.make_preprocess(ds, crop_pad=crop_pad, flip=flip, dtype=model.dtype,
                                          pad_mode=pad_mode)
-  update = train_lib.make_update(model, tx)
+  record = 'activation' in accumulators
+  update = train_lib.make_update(model, tx, record_activations=record)
 
   def prune_step(ps: PruneState, batch):
     n = batch['label'].shape[0]
@@ -166,10 +192,13 @@ def make_prune_step(model, tx, ds, *, crop_pad: int, flip: bool, pad_mode: str =
     gates = {k: jnp.broadcast_to(m, (n, m.shape[0])) for k, m in ps.mask.items()}
     x = preprocess(ps.train.rng, ps.train.step, batch['image'])
     state, metrics, gate_grads = update(ps.train, x, batch['label'], gates)
-    saliency = ps.saliency
-    if fisher:
-      saliency = jax.tree.map(jnp.add, saliency, fisher_saliency(gate_grads))
-    return PruneState(state, ps.mask, saliency), metrics
+    gate_grads, activations = gate_grads if record else (gate_grads, {})
+    stats = {
+        acc: {k: total + ACCUMULATORS[acc](gate_grads[k].astype(jnp.float32),
+                                           activations.get(k))
+              for k, total in ps.stats[acc].items()}
+        for acc in accumulators}
+    return PruneState(state, ps.mask, stats), metrics
 
   return prune_step
 

@@ -2,7 +2,7 @@
 
 Each round follows the authors' pruning script (PAPER.md, "The prune run's loop"):
 
-1. fine-tune `prune_every` steps, accumulating the criterion's saliency;
+1. fine-tune `prune_every` steps, accumulating the statistics the criterion needs;
 2. evaluate the tuned network on the test split every `eval_every_rounds` rounds (the pruning
    trajectory: test error against parameters, the paper's error-vs-size curve for pruning);
 3. write a snapshot at every budget the network has reached: the network has been tuned since
@@ -120,16 +120,24 @@ def validate_section(pcfg, base_spec=None):
                 'log_every_rounds', 'eval_every_rounds'):
     if pcfg[field] < 1:
       raise UsageError(f'prune.{field} must be >= 1, got {pcfg[field]}')
+  if pcfg.get('normalise', 'none') not in criteria.NORMALISE:
+    raise UsageError(f'unknown prune.normalise {pcfg.normalise!r}; expected one of '
+                     f'{criteria.NORMALISE}')
   if pcfg.lr < 0:
     raise UsageError(f'prune.lr must be > 0, or 0 for the base schedule\'s final lr; got {pcfg.lr}')
   parallel.check_batch(pcfg.batch_size, 'prune.batch_size')
   if pcfg.pad_mode not in augment.PAD_MODES:
     raise UsageError(f'unknown prune.pad_mode {pcfg.pad_mode!r}; expected one of '
                      f'{tuple(augment.PAD_MODES)}')
+  per_round = pcfg.get('channels_per_round', 1)
+  if per_round < 1:
+    raise UsageError(f'prune.channels_per_round must be >= 1, got {per_round}')
   channels = sum(base_spec.prunable) if base_spec is not None else None
-  if channels is not None and pcfg.rounds > channels:
-    raise UsageError(f'prune.rounds={pcfg.rounds} removes more channels than the '
-                     f'{channels} prunable channels of the base network')
+  if channels is not None and pcfg.rounds * per_round > channels:
+    what = f'prune.rounds={pcfg.rounds}' + (
+        f' x prune.channels_per_round={per_round}' if per_round > 1 else '')
+    raise UsageError(f'{what} removes more channels than the {channels} prunable channels of '
+                     'the base network')
 
 
 def _validate(config, base_spec, num_classes):
@@ -155,9 +163,10 @@ def _compact(ps: prune.PruneState, spec, orig):
   new_spec = spec.with_prunable(len(keep[n]) for n in spec.prunable_names)
   train_state = prune.shrink_state(ps.train, spec, keep)
   mask = {n: np.ones((len(keep[n]),), np.float32) for n in spec.prunable_names}
-  saliency = {n: parallel.host_copy(ps.saliency[n])[keep[n]] for n in spec.prunable_names}
+  stats = {a: {n: parallel.host_copy(per_layer[n])[keep[n]] for n in spec.prunable_names}
+           for a, per_layer in ps.stats.items()}
   orig = {n: [orig[n][i] for i in keep[n]] for n in spec.prunable_names}
-  return prune.PruneState(train_state, mask, saliency), new_spec, orig
+  return prune.PruneState(train_state, mask, stats), new_spec, orig
 
 
 class PruneSetup:
@@ -179,7 +188,8 @@ class PruneSetup:
     state = jax.eval_shape(lambda k: train_lib.create_state(model, self.tx, k,
                                                             self.ds.image_shape),
                            jax.random.key(0))
-    return jax.eval_shape(lambda s: prune.init_prune_state(s, spec), state)
+    return jax.eval_shape(lambda s: prune.init_prune_state(s, spec, self.criterion.needs),
+                          state)
 
 
 def load_base(config, ps: PruneSetup):
@@ -239,7 +249,7 @@ class _Pruning:
     augmentation = input_pipeline.device_augment(self.p.config, prune=True)
     self.step = parallel.jit(prune.make_prune_step(
         model, self.p.tx, self.p.ds, **augmentation,
-        fisher=self.p.criterion.needs_fisher), donate_argnums=0)
+        accumulators=self.p.criterion.needs), donate_argnums=0)
     self.eval_step = self.compile_eval(model)
 
   def compile_eval(self, model):
@@ -293,32 +303,37 @@ class _Pruning:
     return self._remove(ps, rnd, done)
 
   def _remove(self, ps, rnd, done):
-    """Removes the least salient live channel; compacts once `compact_every` are masked."""
+    """Removes the `channels_per_round` least salient live channels (one by default, as the
+    paper); compacts once `compact_every` are masked."""
     spec, pcfg = self.spec, self.pcfg
     alive = {n: np.asarray(ps.mask[n]) > 0 for n in spec.prunable_names}
-    ctx = criteria.Context(spec, ps.train.params,
-                           jax.device_get(ps.saliency) if self.p.criterion.needs_fisher else None,
-                           jax.random.fold_in(self.key, rnd), pcfg, self.size, self.nc)
-    ranked = prune.rank(spec, self.p.criterion.fn(ctx), alive)
+    stats = jax.device_get(ps.stats)
+    ctx = criteria.Context(spec, ps.train.params, stats.get('fisher'),
+                           jax.random.fold_in(self.key, rnd), pcfg, self.size, self.nc,
+                           stats=stats, steps=pcfg.prune_every)
+    scores = criteria.normalise(self.p.criterion.fn(ctx), pcfg.get('normalise', 'none'), alive)
+    ranked = prune.rank(spec, scores, alive)
     if not ranked:
       metrics_lib.log(f'round {rnd}: no prunable channel left, stopping')
       return ps, True
-    name, c, score = ranked[0]
+    k = pcfg.get('channels_per_round', 1)
     mask = dict(ps.mask)
-    mask[name] = mask[name].at[c].set(0.0)
+    for i, (name, c, score) in enumerate(ranked[:k]):
+      mask[name] = mask[name].at[c].set(0.0)
+      # The next channel in line says how decisive the removal was (near ties flip under
+      # float rounding).
+      nxt = ranked[i + 1] if i + 1 < len(ranked) else None
+      self.removals.append({
+          'round': rnd, 'step': done, 'layer': name, 'channel': int(self.orig[name][c]),
+          'score': score,
+          'params': spec_lib.count_params(_mask_spec(spec, mask), self.nc),
+          'runner_up': nxt and [nxt[0], int(self.orig[nxt[0]][nxt[1]]), nxt[2]]})
     # Replicated like the state the step returns, so the step is not compiled a second time for
     # the single-device arrays eager ops make.
-    mask, saliency = parallel.replicate(self.p.mesh,
-                                        (mask, jax.tree.map(jnp.zeros_like, ps.saliency)))
-    ps = ps.replace(mask=mask, saliency=saliency)
-    # The runner-up says how decisive the removal was (near ties flip under float rounding).
-    runner_up = ([ranked[1][0], int(self.orig[ranked[1][0]][ranked[1][1]]), ranked[1][2]]
-                 if len(ranked) > 1 else None)
-    self.removals.append({'round': rnd, 'step': done, 'layer': name,
-                          'channel': int(self.orig[name][c]), 'score': score,
-                          'params': spec_lib.count_params(_mask_spec(spec, mask), self.nc),
-                          'runner_up': runner_up})
-    dead = sum(int(np.sum(~alive[n])) for n in spec.prunable_names) + 1
+    mask, stats = parallel.replicate(self.p.mesh,
+                                     (mask, jax.tree.map(jnp.zeros_like, ps.stats)))
+    ps = ps.replace(mask=mask, stats=stats)
+    dead = sum(int(np.sum(~alive[n])) for n in spec.prunable_names) + min(k, len(ranked))
     if dead >= pcfg.compact_every:
       ps = self._compact(ps)
     return ps, False
@@ -405,7 +420,8 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
     metrics_lib.log(f'resumed prune run at step {start} ({len(meta["removals"])} removed)')
   else:
     # Replicated like everything the step returns (one compilation of the step, not two).
-    spec, ps = base_spec, parallel.replicate(p.mesh, prune.init_prune_state(state, base_spec))
+    spec, ps = base_spec, parallel.replicate(
+        p.mesh, prune.init_prune_state(state, base_spec, p.criterion.needs))
   writer = metrics_lib.Writer(workdir, resume_step=start)
   base_params = spec_lib.count_params(base_spec, p.ds.num_classes)
   metrics_lib.log(f'pruning {base_spec.family} ({base_params:,} params) with '

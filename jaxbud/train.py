@@ -118,39 +118,51 @@ def make_preprocess(ds: data_lib.Dataset, *, crop_pad: int, flip: bool, dtype,
   return preprocess
 
 
-def make_update(model, tx):
+def make_update(model, tx, record_activations: bool = False, bn_l1: float = 0.0):
   """(state, x, labels, gates) -> (state, metrics, gate grads): one SGD step in train mode.
 
   With `gates` (a dict of (N, C) arrays, see jaxbud.models) the gradient with respect to them
   comes out of the same backward pass; it is the per-example g_nc that Fisher pruning needs.
+  With `record_activations`, the third value is (gate grads, {gate name: (C,) mean activation
+  where the gate sits}) (jaxbud.models' `intermediates`). With `bn_l1` > 0 the loss minimised
+  adds bn_l1 * sum |gamma| over the BN scales of the prunable channels (network slimming);
+  `train_loss` stays the cross-entropy and `bn_l1_penalty` reports the added term.
   """
+  mutable = ['batch_stats'] + (['intermediates'] if record_activations else [])
 
   def update(state: TrainState, x, labels, gates=None):
 
     def loss_fn(params, gates):
       logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, x,
-                                    train=True, gates=gates, mutable=['batch_stats'])
-      return cross_entropy(logits, labels).mean(), (logits, updates['batch_stats'])
+                                    train=True, gates=gates, mutable=mutable)
+      loss = cross_entropy(logits, labels).mean()
+      penalty = bn_l1 * models.bn_l1(model.spec, params) if bn_l1 else 0.0
+      return loss + penalty, (loss, penalty, logits, updates)
 
-    (loss, (logits, batch_stats)), (grads, gate_grads) = jax.value_and_grad(
+    (_, (loss, penalty, logits, updates)), (grads, gate_grads) = jax.value_and_grad(
         loss_fn, argnums=(0, 1), has_aux=True)(state.params, gates)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    acc = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return (state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                          opt_state=opt_state),
-            {'train_loss': loss, 'train_accuracy': acc}, gate_grads)
+    tx_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, tx_updates)
+    metrics = {'train_loss': loss, 'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)}
+    if bn_l1:
+      metrics['bn_l1_penalty'] = penalty
+    if record_activations:
+      gate_grads = (gate_grads, models.gate_activations(updates['intermediates']))
+    return (state.replace(step=state.step + 1, params=params,
+                          batch_stats=updates['batch_stats'], opt_state=opt_state),
+            metrics, gate_grads)
 
   return update
 
 
 def make_train_step(model, tx, ds: data_lib.Dataset, *, crop_pad: int, flip: bool,
-                    pad_mode: str = 'reflect'):
-  """The pure step: augment + normalise on device, forward/backward in train mode, SGD update.
-  Random crops pad by reflection by default, as the reference's training script does."""
+                    pad_mode: str = 'reflect', bn_l1: float = 0.0):
+  """The pure step: augment + normalise on device, forward/backward in train mode, SGD update
+  (with network slimming's penalty when `bn_l1` > 0, see make_update). Random crops pad by
+  reflection by default, as the reference's training script does."""
   preprocess = make_preprocess(ds, crop_pad=crop_pad, flip=flip, dtype=model.dtype,
                                pad_mode=pad_mode)
-  update = make_update(model, tx)
+  update = make_update(model, tx, bn_l1=bn_l1)
 
   def train_step(state: TrainState, batch):
     x = preprocess(state.rng, state.step, batch['image'])
@@ -255,7 +267,8 @@ class TrainSetup:
           parallel.jit_once(functools.partial(create_state, self.model, self.tx,
                                               image_shape=self.dataset.image_shape),
                             out_shardings=parallel.replicated(mesh)),
-          parallel.jit(make_train_step(self.model, self.tx, self.dataset, **augmentation),
+          parallel.jit(make_train_step(self.model, self.tx, self.dataset, **augmentation,
+                                       bn_l1=self.config.train.get('bn_l1', 0.0)),
                        donate_argnums=0),
           parallel.jit(make_eval_step(self.model, self.dataset),
                        out_shardings=parallel.replicated(mesh)))
@@ -278,6 +291,8 @@ def setup(config, dataset: data_lib.Dataset | None = None) -> TrainSetup:
     if tcfg[field] < low:
       raise UsageError(f'train.{field} must be >= {low}, got {tcfg[field]}')
   parallel.check_batch(tcfg.batch_size, 'train.batch_size')
+  if tcfg.get('bn_l1', 0.0) < 0:
+    raise UsageError(f'train.bn_l1 must be >= 0 (0: no sparsity penalty), got {tcfg.bn_l1}')
   if config.model.dtype not in DTYPES:
     raise UsageError(f'unknown model.dtype {config.model.dtype!r}; expected one of {DTYPES}')
   input_pipeline.pad_mode(config)  # data.pad_mode is one the random crop knows

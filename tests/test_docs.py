@@ -14,7 +14,7 @@ def test_extending_md_runs():
   namespace = {}
   exec(compile('\n'.join(blocks), 'docs/extending.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert namespace['snapshot']['params'] <= 70_000
-  assert namespace['summary']['criterion'] == 'bn_scale'
+  assert namespace['summary']['criterion'] == 'taylor_2017'
 
 
 @pytest.mark.parametrize('name', ['study_digits', 'study_fashion_mnist'])

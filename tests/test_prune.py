@@ -172,11 +172,11 @@ def test_fisher_saliency_equals_the_direct_per_example_computation():
       jax.value_and_grad(loss_given_activation_offset, has_aux=True), delta)
   g = jnp.sum(a * dl_da, axis=(1, 2))  # (N, C): per-example gradient wrt the channel gate
   expected = 0.5 * jnp.mean(g ** 2, axis=0)
-  np.testing.assert_allclose(ps2.saliency[name], expected, rtol=1e-4, atol=1e-12)
+  np.testing.assert_allclose(ps2.stats['fisher'][name], expected, rtol=1e-4, atol=1e-12)
   assert float(jnp.max(expected)) > 0
   # Accumulates over steps.
   ps3, _ = step(ps2, batch)
-  assert float(jnp.sum(ps3.saliency[name])) > float(jnp.sum(ps2.saliency[name]))
+  assert float(jnp.sum(ps3.stats['fisher'][name])) > float(jnp.sum(ps2.stats['fisher'][name]))
 
 
 def _product_gate(x, gates, name):
@@ -202,7 +202,7 @@ def test_prune_step_with_the_custom_vjp_gate_equals_autodiff_of_the_product(spec
   first, last = spec.prunable_names[0], spec.prunable_names[-1]
   mask = dict(ps.mask, **{first: ps.mask[first].at[jnp.array([0, 3])].set(0),
                           last: ps.mask[last].at[1].set(0)})
-  ps = ps.replace(mask=mask, saliency=jax.tree.map(lambda m: m * 0 + 0.25, mask))
+  ps = ps.replace(mask=mask, stats={'fisher': jax.tree.map(lambda m: m * 0 + 0.25, mask)})
 
   def run():  # a fresh step each time: gates are looked up while jit traces it
     return fast_compile.run(prune.make_prune_step(model, tx, ds, crop_pad=0, flip=False),
@@ -216,7 +216,7 @@ def test_prune_step_with_the_custom_vjp_gate_equals_autodiff_of_the_product(spec
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   for name in spec.prunable_names:
     live = np.asarray(mask[name]) == 1
-    got, want = np.asarray(new.saliency[name]), np.asarray(old.saliency[name])
+    got, want = np.asarray(new.stats['fisher'][name]), np.asarray(old.stats['fisher'][name])
     np.testing.assert_allclose(got[live], want[live], rtol=1e-5, atol=0, err_msg=name)
     np.testing.assert_array_equal(got[~live], 0.25, err_msg=name)  # nothing added when masked
     assert np.all(want[~live] > 0.25), name  # autodiff of the product adds sum x * dL/dy there

@@ -221,3 +221,29 @@ def test_a_snapshot_taken_again_after_a_resume_replaces_the_old_one(base, tmp_pa
   assert again['snapshots'][0]['step'] == snap['step'] and before == [snap['step']]
   assert not os.path.exists(os.path.join(ckpt_dir, 'left_by_the_interrupted_run'))
   assert ckpt_lib.Checkpoints(ckpt_dir).all_steps() == before
+
+
+@pytest.mark.parametrize('prune', [dict(criterion='taylor', normalise='l2'),
+                                   dict(channels_per_round=3)], ids=['taylor_l2', 'three_a_round'])
+def test_a_run_resumed_from_an_earlier_checkpoint_makes_the_same_removals(base, tmp_path, prune):
+  """A Taylor run with normalised scores (its gradient statistics are part of the checkpointed
+  state), and a run removing three channels a round: resumed from an earlier checkpoint, each
+  removes the same channels as the run that went straight."""
+  per_round = prune.get('channels_per_round', 1)
+  c = small_config(base, budgets=(), rounds=12, checkpoint_every_rounds=4, compact_every=16,
+                   **prune)
+  workdir = tmp_path / 'run'
+  first = prune_tune.prune_and_tune(c, str(workdir))
+  removals = json.load(open(workdir / 'history.json'))['removals']
+  assert len(removals) == 12 * per_round and first['criterion'] == c.prune.criterion
+  assert [r['round'] for r in removals] == [i // per_round for i in range(12 * per_round)]
+  ckpts = ckpt_lib.Checkpoints(str(workdir / 'checkpoints'))
+  steps = ckpts.all_steps()
+  ckpts.close()
+  assert len(steps) == 2  # keep=2: resume from the older one
+  shutil.rmtree(workdir / 'checkpoints' / str(steps[-1]))
+  os.remove(workdir / 'summary.json')
+  prune_tune.prune_and_tune(c, str(workdir))
+  again = json.load(open(workdir / 'history.json'))['removals']
+  assert [(r['layer'], r['channel']) for r in again] == [(r['layer'], r['channel'])
+                                                          for r in removals]

@@ -308,3 +308,16 @@ def test_cifar_study_dry_run_needs_no_data(tmp_path):
   assert 'reduced wrn_bottleneck budget60000' in r.stdout
   assert 'estimate from a measured base train step' in r.stdout
   assert not (tmp_path / 'never').exists() and not (tmp_path / 'no_data').exists()
+
+
+def test_fields_added_later_leave_fingerprints_alone_at_their_neutral_value():
+  """Runs made before train.bn_l1, prune.normalise and prune.channels_per_round existed keep
+  their fingerprints while those fields are at the value that changes nothing."""
+  c = tiny_study_config()
+  spec = spec_lib.wrn(16, 1, in_channels=1)
+  assert 'bn_l1' not in study.train_facts(c, spec)['train']
+  assert not {'normalise', 'channels_per_round'} & set(study.prune_facts(c, 'fp')['prune'])
+  c.train.bn_l1 = 1e-4
+  c.prune.update(normalise='l2', channels_per_round=2)
+  assert study.train_facts(c, spec)['train']['bn_l1'] == 1e-4
+  assert study.prune_facts(c, 'fp')['prune']['channels_per_round'] == 2

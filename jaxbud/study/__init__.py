@@ -254,8 +254,16 @@ _NOT_RESULT = {'data': ('data_dir', 'manual_dir'),
                          'checkpoint_every_rounds', 'eval_every_rounds')}
 
 
+# Fields added after fingerprints existed, left out at the value that leaves a run as it was, so
+# that runs made before them stay reusable.
+_NEUTRAL = {'train': {'bn_l1': 0.0},
+            'prune': {'normalise': 'none', 'channels_per_round': 1}}
+
+
 def _section(config, name) -> dict:
-  return {k: v for k, v in config[name].to_dict().items() if k not in _NOT_RESULT.get(name, ())}
+  neutral = _NEUTRAL.get(name, {})
+  return {k: v for k, v in config[name].to_dict().items()
+          if k not in _NOT_RESULT.get(name, ()) and not (k in neutral and v == neutral[k])}
 
 
 def train_facts(config, spec: spec_lib.Spec) -> dict:
@@ -325,7 +333,8 @@ def plan(config, step_seconds: float | None = None) -> list[dict]:
       smallest = min(main_budgets(config, base, nc))
     rounds = pcfg.rounds
     if pcfg.stop_after_last_budget:
-      rounds = min(rounds, math.ceil((base_params - smallest) / per_channel))
+      rounds = min(rounds, math.ceil((base_params - smallest) / per_channel
+                                     / pcfg.get('channels_per_round', 1)))
     mean_macs = (base_macs + smallest / base_params * base_macs) / 2  # shrinking as it goes
     rows.append(dict(what=f'prune-and-tune ({crit}), about {rounds} rounds', kind='prune',
                      runs=prune_seeds, steps=(rounds + 1) * pcfg.prune_every, macs=mean_macs,
