@@ -40,6 +40,10 @@ QUESTIONS = {
            'pruned-and-tuned networks and reduced ones',
     'RQ5': 'Training a small network directly costs less compute than prune-and-tune',
 }
+# With several criteria: each other criterion against the main one, budget by budget.
+CRITERIA = 'Criteria'
+CRITERIA_QUESTION = ('Another criterion\'s pruned-and-tuned network beats the main criterion\'s at '
+                     'the same budget')
 
 
 def _load(run_dir):
@@ -127,13 +131,19 @@ def run_pools(rows, main_criterion: str, wrong=None) -> dict:
   wrong = wrong or _Wrong()
   scratch = [wrong(r).mean(axis=1) for r in rows
              if r['arm'] in FROM_SCRATCH and not r.get('same_run_as')]
-  pruned = [wrong(r).mean(axis=1) for r in rows
-            if r['arm'] == 'pruned' and r['family'] == main_criterion]
-  return {'from scratch': stats.pool(scratch), 'pruned': stats.pool(pruned, shared_runs=True)}
+  by_criterion = {}
+  for r in rows:
+    if r['arm'] == 'pruned':
+      by_criterion.setdefault(r['family'], []).append(wrong(r).mean(axis=1))
+  pools = {f'pruned/{c}': stats.pool(v, shared_runs=True) for c, v in by_criterion.items()}
+  return {'from scratch': stats.pool(scratch),
+          'pruned': pools.get(f'pruned/{main_criterion}', stats.pool([], shared_runs=True)),
+          **pools}
 
 
 def _paired(rq, budget, a, b, wrong, pools) -> dict:
-  pool = lambda r: pools['pruned' if r['arm'] == 'pruned' else 'from scratch']
+  pool = lambda r: (pools.get(f'pruned/{r["family"]}', pools['pruned']) if r['arm'] == 'pruned'
+                    else pools['from scratch'])
   c = stats.compare(wrong(a), wrong(b), pool_a=pool(a), pool_b=pool(b))
   return {'rq': rq, 'budget': budget, 'a': _name(a), 'b': _name(b),
           'error_a': a['test_error'],
@@ -216,11 +226,14 @@ def comparisons(rows, config) -> list[dict]:
     for r in reduced:
       if r['budget'] == cc['budget']:
         out.append(_paired('RQ4', cc['budget'], cc, r, wrong, pools))
+  for r in rows:  # the other criteria, each against the main one at the same budget
+    if r['arm'] == 'pruned' and r['family'] != scfg.main_criterion and r['budget'] in pruned:
+      out.append(_paired(CRITERIA, r['budget'], r, pruned[r['budget']], wrong, pools))
   bases = [r['train_macs'] for r in rows if r['arm'] == 'base']
   for r in reduced:
     out.append(_compute(r['budget'], r, pruned[_target(r)],
                         sum(bases) / len(bases) if bases else None))
-  for rq in ('RQ1', 'RQ2', 'RQ3', 'RQ4'):
+  for rq in ('RQ1', 'RQ2', 'RQ3', 'RQ4', CRITERIA):
     _holm(out, rq)
   return out
 
@@ -246,7 +259,10 @@ def answer(comps, timings: bool = True) -> dict:
   """
   out = {}
   text = lambda c: c['text'] if timings else c.get('stable_text', c['text'])
-  for rq, question in QUESTIONS.items():
+  questions = dict(QUESTIONS)
+  if any(c['rq'] == CRITERIA for c in comps):
+    questions[CRITERIA] = CRITERIA_QUESTION
+  for rq, question in questions.items():
     mine = [c for c in comps if c['rq'] == rq]
     if not mine:
       out[rq] = (f'{question}: not measured in this run.', [])

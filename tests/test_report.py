@@ -158,3 +158,27 @@ def test_the_base_is_set_beside_a_published_figure():
   scfg.reference_error = 0.0  # no figure given: the base's own error only
   assert report.reference_line(base, scfg) == (
       'Base networks: 10.21% test error (mean of 5, sample sd 0.12).')
+
+
+def test_other_criteria_are_compared_with_the_main_one_at_each_budget(tmp_path):
+  """Each other criterion's pruned network against the main criterion's at the same budget,
+  with its own run-to-run pool, Holm over the section, and its own headline."""
+  rows = [
+      _row(tmp_path, 'f1000', 'pruned', 'fisher', 1000, [0.10, 0.102], 0, train_macs=1.0),
+      _row(tmp_path, 'f500', 'pruned', 'fisher', 500, [0.12, 0.121], 1, train_macs=1.0),
+      _row(tmp_path, 'l1000', 'pruned', 'l1', 1000, [0.30, 0.35], 2, train_macs=1.0),
+      _row(tmp_path, 'l500', 'pruned', 'l1', 500, [0.121, 0.122], 3, train_macs=1.0),
+      _row(tmp_path, 'r250', 'pruned', 'random', 250, [0.5, 0.5], 4, train_macs=1.0),
+  ]
+  config = ml_collections.ConfigDict({'study': {'main_criterion': 'fisher',
+                                                'latency_batch_sizes': (1, 8)}})
+  comps = [c for c in report.comparisons(rows, config) if c['rq'] == report.CRITERIA]
+  assert [(c['budget'], c['a'].split(' ')[0]) for c in comps] == [(1000, 'l1-pruned'),
+                                                                  (500, 'l1-pruned')]
+  assert comps[0]['verdict'] == stats.CONTRADICTED and 'p_holm' in comps[0]
+  assert comps[0]['pooled_a'] and comps[0]['pooled_b']  # each side its own criterion's pool
+  pools = report.run_pools(rows, 'fisher')
+  assert pools['pruned/l1'].var > 2 * pools['pruned/fisher'].var  # l1's runs spread more
+  headline, lines = report.answer(report.comparisons(rows, config))[report.CRITERIA]
+  assert headline.startswith(report.CRITERIA_QUESTION) and len(lines) == 2
+  assert 'Criteria' not in report.answer([])  # a study with one criterion has no section
