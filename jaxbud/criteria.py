@@ -77,12 +77,16 @@ def register(name: str, needs: tuple = (), needs_fisher: bool = False):
 NORMALISE = ('none', 'l2', 'mean')
 
 
+def check_normalise(how: str):
+  if how not in NORMALISE:
+    raise UsageError(f'unknown prune.normalise {how!r}; expected one of {NORMALISE}')
+
+
 def normalise(scores: dict, how: str, alive: dict | None = None) -> dict:
   """Scores divided, layer by layer, by their L2 norm (Molchanov et al. 2017) or their mean over
   the layer's live channels; 'none' leaves them. A layer whose norm or mean is 0 is left as it
   is."""
-  if how not in NORMALISE:
-    raise UsageError(f'unknown prune.normalise {how!r}; expected one of {NORMALISE}')
+  check_normalise(how)
   if how == 'none':
     return scores
   out = {}

@@ -169,11 +169,6 @@ def init_prune_state(state: train_lib.TrainState, spec: spec_lib.Spec,
   return PruneState(state, ones, {a: jax.tree.map(jnp.zeros_like, ones) for a in accumulators})
 
 
-def fisher_saliency(gate_grads: dict) -> dict:
-  """0.5 * mean over examples of g_nc^2 for per-example gate gradients g of shape (N, C)."""
-  return {n: ACCUMULATORS['fisher'](g.astype(jnp.float32), None) for n, g in gate_grads.items()}
-
-
 def make_prune_step(model, tx, ds, *, crop_pad: int, flip: bool, pad_mode: str = 'zeros',
                     accumulators=('fisher',)):
   """(PruneState, batch) -> (PruneState, metrics): SGD on the masked net, with the statistics

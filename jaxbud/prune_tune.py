@@ -120,9 +120,7 @@ def validate_section(pcfg, base_spec=None):
                 'log_every_rounds', 'eval_every_rounds'):
     if pcfg[field] < 1:
       raise UsageError(f'prune.{field} must be >= 1, got {pcfg[field]}')
-  if pcfg.get('normalise', 'none') not in criteria.NORMALISE:
-    raise UsageError(f'unknown prune.normalise {pcfg.normalise!r}; expected one of '
-                     f'{criteria.NORMALISE}')
+  criteria.check_normalise(pcfg.get('normalise', 'none'))
   if pcfg.lr < 0:
     raise UsageError(f'prune.lr must be > 0, or 0 for the base schedule\'s final lr; got {pcfg.lr}')
   parallel.check_batch(pcfg.batch_size, 'prune.batch_size')

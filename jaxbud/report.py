@@ -142,8 +142,7 @@ def run_pools(rows, main_criterion: str, wrong=None) -> dict:
 
 
 def _paired(rq, budget, a, b, wrong, pools) -> dict:
-  pool = lambda r: (pools.get(f'pruned/{r["family"]}', pools['pruned']) if r['arm'] == 'pruned'
-                    else pools['from scratch'])
+  pool = lambda r: pools[f'pruned/{r["family"]}' if r['arm'] == 'pruned' else 'from scratch']
   c = stats.compare(wrong(a), wrong(b), pool_a=pool(a), pool_b=pool(b))
   return {'rq': rq, 'budget': budget, 'a': _name(a), 'b': _name(b),
           'error_a': a['test_error'],

@@ -13,6 +13,7 @@ from jaxbud import prune
 from jaxbud import spec as spec_lib
 from jaxbud import train
 from tests import fast_compile
+from tests.test_prune import activation_and_grad
 from tests.test_prune import perturbed_state
 
 SPEC = spec_lib.wrn(10, 1, in_channels=1)
@@ -46,36 +47,12 @@ def two_steps():
   return model, state, ps, batches, xs
 
 
-def _direct(model, state, x, labels):
-  """(activation a (N, H, W, C), dL/da) at NAME's gate, with L the batch's mean loss: taken
-  explicitly, through an offset added where the gate sits."""
-  def loss(delta):
-    orig, captured = models.apply_gate, {}
-
-    def gate(h, gates, n):
-      if n == NAME:
-        captured['a'] = h
-        return h + delta
-      return orig(h, gates, n)
-
-    models.apply_gate = gate
-    try:
-      logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
-                              train=True, mutable=['batch_stats'])
-    finally:
-      models.apply_gate = orig
-    return train.cross_entropy(logits, labels).mean(), captured['a']
-
-  (_, a), dl_da = fast_compile.run(jax.value_and_grad(loss, has_aux=True),
-                                   jnp.zeros((8, 4, 4, SPEC.prunable[1])))
-  return a, dl_da
-
-
 def test_every_accumulator_equals_its_direct_computation(two_steps):
   model, state, ps, batches, xs = two_steps
   want = {k: 0.0 for k in prune.ACCUMULATORS}
   for x, b in zip(xs, batches):
-    a, dl_da = _direct(model, state, x, b['label'])
+    a, dl_da = activation_and_grad(model, state, x, b['label'], NAME,
+                                   (8, 4, 4, SPEC.prunable[1]))
     g = jnp.sum(a * dl_da, axis=(1, 2))  # (N, C): per-example gradient wrt the channel gate
     want['fisher'] += 0.5 * jnp.mean(g ** 2, axis=0)
     want['grad'] += jnp.sum(g, axis=0)

@@ -133,6 +133,31 @@ def test_shrink_slices_momentum_like_the_params():
                                 state.batch_stats['block1']['bn2']['var'][k])
 
 
+def activation_and_grad(model, state, x, labels, name, shape):
+  """(activation a, dL/da), both of `shape` (N, H, W, C), where the gate of prunable layer `name`
+  sits, with L the batch's mean train-mode loss: taken explicitly, through an offset added at
+  the gate (dL/d offset = dL/da)."""
+  def loss(delta):
+    orig, captured = models.apply_gate, {}
+
+    def gate(h, gates, n):
+      if n == name:
+        captured['a'] = h
+        return h + delta
+      return orig(h, gates, n)
+
+    models.apply_gate = gate
+    try:
+      logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
+                              train=True, mutable=['batch_stats'])
+    finally:
+      models.apply_gate = orig
+    return train.cross_entropy(logits, labels).mean(), captured['a']
+
+  (_, a), dl_da = fast_compile.run(jax.value_and_grad(loss, has_aux=True), jnp.zeros(shape))
+  return a, dl_da
+
+
 def test_fisher_saliency_equals_the_direct_per_example_computation():
   """0.5 * mean_n (sum_hw a * dL/da)^2, with a and dL/da taken explicitly."""
   spec = spec_lib.wrn(10, 1, in_channels=1)
@@ -149,27 +174,7 @@ def test_fisher_saliency_equals_the_direct_per_example_computation():
       ps.train.rng, 0, batch['image'])
 
   name = 'block1/conv1'
-  def loss_given_activation_offset(delta):
-    # Adds delta (N, H, W, C) right where the gate of `name` sits; dL/d delta = dL/da.
-    orig = models.apply_gate
-    captured = {}
-    def gate(h, gates, n):
-      if n == name:
-        captured['a'] = h
-        return h + delta
-      return orig(h, gates, n)
-    models.apply_gate = gate
-    try:
-      logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
-                              train=True, mutable=['batch_stats'])
-    finally:
-      models.apply_gate = orig
-    return train.cross_entropy(logits, batch['label']).mean(), captured['a']
-
-  w = spec.prunable[1]
-  delta = jnp.zeros((8, 4, 4, w))
-  (_, a), dl_da = fast_compile.run(
-      jax.value_and_grad(loss_given_activation_offset, has_aux=True), delta)
+  a, dl_da = activation_and_grad(model, state, x, batch['label'], name, (8, 4, 4, spec.prunable[1]))
   g = jnp.sum(a * dl_da, axis=(1, 2))  # (N, C): per-example gradient wrt the channel gate
   expected = 0.5 * jnp.mean(g ** 2, axis=0)
   np.testing.assert_allclose(ps2.stats['fisher'][name], expected, rtol=1e-4, atol=1e-12)

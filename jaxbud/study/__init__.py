@@ -415,9 +415,9 @@ class Study:
   `study.shard`, `study.only` or `study.report_only`, only this job's share (jaxbud.study.jobs).
   """
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, jobs: jobs_lib.Jobs | None = None):
     self.config, self.workdir, self.scfg = config, workdir, config.study
-    self.jobs = jobs_lib.Jobs(config.study)
+    self.jobs = jobs or jobs_lib.Jobs(config.study)
     self.ts = train_lib.setup(config)  # validates train/model/data, loads the data once
     self.dataset: data_lib.Dataset = self.ts.dataset
     self.base_spec = self.ts.spec
@@ -444,13 +444,21 @@ class Study:
       self._fingerprints[d] = check_fingerprint(d, facts, done_file, self.jobs.name())
       self.jobs.trained.append(rel)
       return _read(done) if os.path.exists(done) else start(d)
-    if facts is not None and needed and not os.path.exists(done):
+    result = (None if facts is None else
+              self._finished_elsewhere(rel, facts, done_file, wait=needed))
+    (self.jobs.unfinished if result is None else self.jobs.elsewhere).append(rel)
+    return result
+
+  def _finished_elsewhere(self, rel, facts, done_file, wait: bool):
+    """The result of run `rel`, which another job trains: waited for with `wait`, else None
+    while it is unfinished; its fingerprint checked against `facts`."""
+    d = os.path.join(self.workdir, rel)
+    done = os.path.join(d, done_file)
+    if not os.path.exists(done):
+      if not wait:
+        return None
       self.jobs.wait(done, rel)
-    if facts is None or not os.path.exists(done):
-      self.jobs.unfinished.append(rel)
-      return None
     self._fingerprints[d] = check_fingerprint(d, facts, done_file)
-    self.jobs.elsewhere.append(rel)
     return _read(done)
 
   def _seeded(self, seed, schedule=1.0):
@@ -465,18 +473,12 @@ class Study:
     """A base network another job trains, finished since stage A (or waited for, when this
     job needs it after all): its final.json, or None."""
     rel = os.path.join('base', f'seed{seed}')
-    d = os.path.join(self.workdir, rel)
-    done = os.path.join(d, 'final.json')
-    if not os.path.exists(done):
-      if not wait:
-        return None
-      self.jobs.wait(done, rel)
-    self._fingerprints[d] = check_fingerprint(
-        d, train_facts(self._seeded(seed), self.base_spec), 'final.json')
-    if rel in self.jobs.unfinished:
+    final = self._finished_elsewhere(rel, train_facts(self._seeded(seed), self.base_spec),
+                                     'final.json', wait)
+    if final is not None and rel in self.jobs.unfinished:
       self.jobs.unfinished.remove(rel)
       self.jobs.elsewhere.append(rel)
-    return _read(done)
+    return final
 
   def _train(self, spec, rel, seed, schedule=1.0, stage='C', needed=False):
     cfg = self._seeded(seed, schedule)
@@ -786,8 +788,7 @@ def run_study(config, workdir: str, log=print) -> dict:
   # A real study measures the step its base run will use (compiled once for both); a dry run
   # loads no data and measures the same step on data of the same shape. The report step
   # trains nothing and prints no plan.
-  study = None if config.study.dry_run else Study(config, workdir)
-  jobs = study.jobs if study else jobs
+  study = None if config.study.dry_run else Study(config, workdir, jobs)
   text = None
   if not jobs.report_only:
     step_s = measure_step(study.ts if study else _shape_only_setup(config))
