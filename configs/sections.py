@@ -15,7 +15,11 @@ def prune_section(**overrides):
       prune_every=100,       # fine-tuning steps per round (saliency accumulated over them)
       rounds=1300,           # removal rounds; rounds x channels_per_round <= prunable channels
       channels_per_round=1,  # channels removed per round (the paper: 1)
-      budgets=(),            # parameter counts at which tuned, compacted snapshots are saved
+      schedule='iterative',  # iterative (a round rule, jaxbud.schedules) | one_shot
+      finetune_epochs=1.0,   # one_shot: fine-tuning of each budget's cut network
+      per_layer_ratio=0.0,   # >0: each layer loses this fraction a round (Li et al.); 0: global
+      budgets=(),            # sizes at which tuned, compacted snapshots are saved
+      budget_unit='params',  # what budgets count: params | macs
       stop_after_last_budget=False,
       eval_every_rounds=10,  # test error along the trajectory (the reference: every round)
       compact_every=64,      # compact (and recompile) once this many channels are masked

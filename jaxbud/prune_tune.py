@@ -1,13 +1,19 @@
 """Prune-and-tune runs: fine-tune a trained network, removing one channel every round.
 
-Each round follows the authors' pruning script (PAPER.md, "The prune run's loop"):
+Each round of the paper's schedule (`prune.schedule='iterative'`, jaxbud.schedules has the
+others) follows the authors' pruning script (PAPER.md, "The prune run's loop"):
 
 1. fine-tune `prune_every` steps, accumulating the statistics the criterion needs;
 2. evaluate the tuned network on the test split every `eval_every_rounds` rounds (the pruning
    trajectory: test error against parameters, the paper's error-vs-size curve for pruning);
 3. write a snapshot at every budget the network has reached: the network has been tuned since
    its last removal, as the reference's checkpoints are;
-4. remove the globally least salient live channel.
+4. remove the globally least salient live channel (`prune.channels_per_round` of them, or a
+   round rule's choice, see jaxbud.schedules).
+
+Budgets count parameters, or MACs with `prune.budget_unit='macs'`. The one-shot schedule scores
+the base network over one round, then for each budget cuts the base network to it at once and
+fine-tunes it for `prune.finetune_epochs` before its snapshot.
 
 A run of R rounds makes R removals and R + 1 tuning periods (the last one tunes the network
 after the final removal). With `stop_after_last_budget` it ends once the last snapshot is
@@ -50,6 +56,7 @@ from jaxbud import metrics as metrics_lib
 from jaxbud import models
 from jaxbud import parallel
 from jaxbud import prune
+from jaxbud import schedules
 from jaxbud import spec as spec_lib
 from jaxbud import stats
 from jaxbud import train as train_lib
@@ -130,24 +137,51 @@ def validate_section(pcfg, base_spec=None):
   per_round = pcfg.get('channels_per_round', 1)
   if per_round < 1:
     raise UsageError(f'prune.channels_per_round must be >= 1, got {per_round}')
+  schedules.check_section(pcfg)
   channels = sum(base_spec.prunable) if base_spec is not None else None
-  if channels is not None and pcfg.rounds * per_round > channels:
+  if (channels is not None and pcfg.rounds * per_round > channels and
+      not pcfg.get('per_layer_ratio', 0.0) and not one_shot(pcfg)):
     what = f'prune.rounds={pcfg.rounds}' + (
         f' x prune.channels_per_round={per_round}' if per_round > 1 else '')
     raise UsageError(f'{what} removes more channels than the {channels} prunable channels of '
                      'the base network')
 
 
-def _validate(config, base_spec, num_classes):
+def one_shot(pcfg) -> bool:
+  return pcfg.get('schedule', 'iterative') == schedules.ONE_SHOT
+
+
+def budget_size(pcfg, num_classes: int, image_size: int) -> spec_lib.Size:
+  """How the prune section's budgets measure a network (`prune.budget_unit`)."""
+  return spec_lib.Size(pcfg.get('budget_unit', 'params'), num_classes, image_size)
+
+
+def tune_periods(pcfg, n_train: int) -> int:
+  """One-shot: rounds of `prune_every` steps that make up `finetune_epochs` (rounded up)."""
+  per_epoch = input_pipeline.steps_per_epoch(n_train, pcfg.batch_size, drop_last=True)
+  return max(1, -(-int(round(pcfg.get('finetune_epochs', 1.0) * per_epoch)) // pcfg.prune_every))
+
+
+def total_rounds(pcfg, n_train: int) -> int:
+  """Rounds of fine-tuning a run makes at most: rounds + 1 (iterative: the last tunes after
+  the final removal), or one scoring round plus each budget's tuning (one-shot)."""
+  if one_shot(pcfg):
+    return 1 + len(pcfg.budgets) * tune_periods(pcfg, n_train)
+  return pcfg.rounds + 1
+
+
+def _validate(config, base_spec, num_classes, image_size):
   pcfg = config.prune
   validate_section(pcfg, base_spec)
-  base = spec_lib.count_params(base_spec, num_classes)
-  floor = spec_lib.count_params(base_spec.with_prunable([0] * len(base_spec.prunable)),
-                                num_classes)
+  size = budget_size(pcfg, num_classes, image_size)
+  base, floor, unit = size(base_spec), size.floor(base_spec), size.unit
   for b in pcfg.budgets:
     if not floor <= b < base:
       raise UsageError(f'prune.budgets entry {b} must lie in [{floor}, {base}): the base network '
-                       f'has {base} params and {floor} remain with every prunable channel gone')
+                       f'has {base} {unit} and {floor} remain with every prunable channel gone')
+  if one_shot(pcfg) and not pcfg.budgets:
+    raise UsageError('prune.schedule=one_shot cuts the base network to each of prune.budgets, '
+                     'which is empty')
 
 
 def _mask_spec(spec, mask):
@@ -225,16 +259,21 @@ def load_base(config, ps: PruneSetup):
 class _Pruning:
   """The prune run as a `loop.Task`: one round per period (see the module docstring)."""
 
-  def __init__(self, p: PruneSetup, workdir, ckpts, writer, spec, meta):
+  def __init__(self, p: PruneSetup, workdir, ckpts, writer, spec, meta, base_spec):
     self.p, self.pcfg, self.workdir, self.ckpts, self.writer = p, p.pcfg, workdir, ckpts, writer
     self.nc, self.size = p.ds.num_classes, p.ds.image_shape[0]
-    self.spec = spec
+    self.measure = budget_size(self.pcfg, self.nc, self.size)
+    self.spec, self.base_spec = spec, base_spec
+    self.base_widths = dict(zip(base_spec.prunable_names, base_spec.prunable))
     self.removals, self.evaluations = meta.get('removals', []), meta.get('evaluations', [])
     self.snapshots, self.train_macs = meta.get('snapshots', []), meta.get('train_macs', 0)
     self.orig = meta.get('orig') or {n: list(range(w))
                                      for n, w in zip(spec.prunable_names, spec.prunable)}
     done = {s['budget'] for s in self.snapshots}
     self.budgets = sorted((b for b in self.pcfg.budgets if b not in done), reverse=True)
+    # One-shot: the base network's scores (from its first round), and rounds per budget.
+    self.scores = meta.get('scores')
+    self.tune_periods = tune_periods(self.pcfg, len(p.ds.train_labels))
     self.key = jax.random.key(p.config.seed + 1)
     self.compilations, self.loop = 0, None
     self.compile()
@@ -282,15 +321,12 @@ class _Pruning:
     params = spec_lib.count_params(live, self.nc)
     macs = spec_lib.count_macs(live, self.size, self.nc)
     self.train_macs += train_lib.training_macs(macs, pcfg.prune_every * pcfg.batch_size)
-    due = [b for b in self.budgets if params <= b]
+    if one_shot(pcfg):
+      return self._one_shot(ps, rnd, done, params, macs)
+    due = [b for b in self.budgets if (macs if self.measure.unit == 'macs' else params) <= b]
     final = rnd == pcfg.rounds
     if due or final or rnd % pcfg.eval_every_rounds == 0:
-      result, _ = self.evaluate(self.eval_step, ps)
-      self.evaluations.append({'round': rnd, 'step': done, 'removed': len(self.removals),
-                               'params': params, 'macs': macs, **result,
-                               'train_macs': self.train_macs,
-                               'seconds': self.loop.elapsed()})
-      self.writer.write(done, {**result, 'params': params, 'round': rnd})
+      self._evaluate(ps, rnd, done, params, macs)
     if due:
       self._snapshots(ps, due, done)
     if final:
@@ -300,27 +336,88 @@ class _Pruning:
       return ps, True
     return self._remove(ps, rnd, done)
 
+  def _evaluate(self, ps, rnd, done, params, macs):
+    """A point of the trajectory: the tuned network's test error at its current size."""
+    result, _ = self.evaluate(self.eval_step, ps)
+    self.evaluations.append({'round': rnd, 'step': done, 'removed': len(self.removals),
+                             'params': params, 'macs': macs, **result,
+                             'train_macs': self.train_macs, 'seconds': self.loop.elapsed()})
+    self.writer.write(done, {**result, 'params': params, 'round': rnd})
+
+  def _scores(self, ps, rnd, alive):
+    """The criterion's scores of the current channels, normalised per `prune.normalise`."""
+    stats = jax.device_get(ps.stats)
+    ctx = criteria.Context(self.spec, ps.train.params, stats.get('fisher'),
+                           jax.random.fold_in(self.key, rnd), self.pcfg, self.size, self.nc,
+                           stats=stats, steps=self.pcfg.prune_every)
+    return criteria.normalise(self.p.criterion.fn(ctx), self.pcfg.get('normalise', 'none'),
+                              alive)
+
+  def _one_shot(self, ps, rnd, done, params, macs):
+    """Round 0 scores the base network; then each budget's rounds tune the network cut to it,
+    and the last one takes its snapshot and cuts the base network to the next budget."""
+    budgets = sorted(self.pcfg.budgets, reverse=True)
+    if rnd == 0:
+      self._evaluate(ps, rnd, done, params, macs)
+      alive = {n: np.asarray(ps.mask[n]) > 0 for n in self.spec.prunable_names}
+      self.scores = {n: np.asarray(v, np.float64).tolist()
+                     for n, v in self._scores(ps, rnd, alive).items()}
+      return self._cut(ps, budgets[0], rnd, done), False
+    i, r = divmod(rnd - 1, self.tune_periods)
+    if r < self.tune_periods - 1:
+      return ps, False
+    self._evaluate(ps, rnd, done, params, macs)
+    if budgets[i] in self.budgets:
+      self._snapshots(ps, [budgets[i]], done)
+    if i + 1 == len(budgets):
+      return ps, True
+    return self._cut(ps, budgets[i + 1], rnd, done), False
+
+  def _cut(self, ps, budget, rnd, done):
+    """The base network (fresh optimizer, the run's step count) cut to `budget` by the base
+    network's scores, compacted and compiled for its shapes."""
+    spec = self.base_spec
+    _, base = load_base(self.p.config, self.p)
+    base = base.replace(step=ps.train.step, rng=ps.train.rng)
+    cut = schedules.cut(spec, self.scores, budget, self.measure,
+                        self.pcfg.get('per_layer_ratio', 0.0))
+    mask = {n: np.ones((w,), np.float32) for n, w in zip(spec.prunable_names, spec.prunable)}
+    for name, c, score in cut:
+      mask[name][c] = 0.0
+      self.removals.append({'round': rnd, 'step': done, 'budget': budget, 'layer': name,
+                            'channel': int(c), 'score': score,
+                            'params': spec_lib.count_params(_mask_spec(spec, mask), self.nc)})
+    metrics_lib.log(f'one-shot: {len(cut)} channels cut for budget {budget:,} '
+                    f'{self.measure.unit}')
+    self.spec = spec
+    self.orig = {n: list(range(w)) for n, w in zip(spec.prunable_names, spec.prunable)}
+    stats = {a: {n: np.zeros((w,), np.float32) for n, w in self.base_widths.items()}
+             for a in ps.stats}
+    ps = prune.PruneState(base, mask, stats)
+    return self._compact(ps)
+
   def _remove(self, ps, rnd, done):
     """Removes the `channels_per_round` least salient live channels (one by default, as the
     paper); compacts once `compact_every` are masked."""
     spec, pcfg = self.spec, self.pcfg
     alive = {n: np.asarray(ps.mask[n]) > 0 for n in spec.prunable_names}
-    stats = jax.device_get(ps.stats)
-    ctx = criteria.Context(spec, ps.train.params, stats.get('fisher'),
-                           jax.random.fold_in(self.key, rnd), pcfg, self.size, self.nc,
-                           stats=stats, steps=pcfg.prune_every)
-    scores = criteria.normalise(self.p.criterion.fn(ctx), pcfg.get('normalise', 'none'), alive)
-    ranked = prune.rank(spec, scores, alive)
+    ranked = prune.rank(spec, self._scores(ps, rnd, alive), alive)
     if not ranked:
       metrics_lib.log(f'round {rnd}: no prunable channel left, stopping')
       return ps, True
-    k = pcfg.get('channels_per_round', 1)
+    chosen = schedules.get(pcfg.get('schedule', 'iterative'))(schedules.Round(
+        rnd, spec, ranked, alive, self.base_widths, pcfg))
+    chosen = [tuple(r[:3]) for r in chosen]
+    gone = {(name, c) for name, c, _ in chosen}
+    if len(gone) != len(chosen) or not all(alive[name][c] for name, c in gone):
+      raise ValueError(f'schedule {pcfg.get("schedule")!r} chose a removed or repeated channel')
     mask = dict(ps.mask)
-    for i, (name, c, score) in enumerate(ranked[:k]):
+    for name, c, score in chosen:
       mask[name] = mask[name].at[c].set(0.0)
-      # The next channel in line says how decisive the removal was (near ties flip under
-      # float rounding).
-      nxt = ranked[i + 1] if i + 1 < len(ranked) else None
+      # The next channel in line that stays says how decisive the removal was (near ties flip
+      # under float rounding).
+      nxt = next((r for r in ranked[ranked.index((name, c, score)) + 1:]
+                  if (r[0], r[1]) not in gone), None)
       self.removals.append({
           'round': rnd, 'step': done, 'layer': name, 'channel': int(self.orig[name][c]),
           'score': score,
@@ -331,7 +428,7 @@ class _Pruning:
     mask, stats = parallel.replicate(self.p.mesh,
                                      (mask, jax.tree.map(jnp.zeros_like, ps.stats)))
     ps = ps.replace(mask=mask, stats=stats)
-    dead = sum(int(np.sum(~alive[n])) for n in spec.prunable_names) + min(k, len(ranked))
+    dead = sum(int(np.sum(~alive[n])) for n in spec.prunable_names) + len(chosen)
     if dead >= pcfg.compact_every:
       ps = self._compact(ps)
     return ps, False
@@ -342,7 +439,8 @@ class _Pruning:
   def _snapshot(self, state, spec, budget, result, preds, done) -> dict:
     """Writes the compacted, tuned network at `budget` with its spec, history and predictions."""
     nc = self.nc
-    out = {'budget': budget, 'params': spec_lib.count_params(spec, nc),
+    out = {'budget': budget, 'budget_unit': self.measure.unit,
+           'params': spec_lib.count_params(spec, nc),
            'macs': spec_lib.count_macs(spec, self.size, nc),
            'round': done // self.pcfg.prune_every - 1, 'step': done,
            'removed': len(self.removals), **result,
@@ -384,7 +482,7 @@ class _Pruning:
   def save(self, done, ps, meta):
     self.ckpts.save(done, ps, self.spec, {
         **self.history(), 'snapshots': self.snapshots, 'orig': self.orig,
-        'train_macs': self.train_macs, **meta})
+        'train_macs': self.train_macs, 'scores': self.scores, **meta})
 
   def params(self, ps):
     return ps.train.params
@@ -398,7 +496,7 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
   ts = train_lib.setup(config, dataset)
   p = PruneSetup(config, ts)
   base_spec, state = load_base(config, p)
-  _validate(config, base_spec, p.ds.num_classes)
+  _validate(config, base_spec, p.ds.num_classes, p.ds.image_shape[0])
   metrics_lib.make_workdir(workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -422,14 +520,16 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
         p.mesh, prune.init_prune_state(state, base_spec, p.criterion.needs))
   writer = metrics_lib.Writer(workdir, resume_step=start)
   base_params = spec_lib.count_params(base_spec, p.ds.num_classes)
+  task_rounds = total_rounds(pcfg, len(p.ds.train_labels))
+  rounds = (f'one-shot to each budget, {task_rounds - 1} rounds of tuning after the scoring '
+            'round' if one_shot(pcfg) else f'{pcfg.rounds} rounds')
   metrics_lib.log(f'pruning {base_spec.family} ({base_params:,} params) with '
-                  f'{pcfg.criterion}: {pcfg.rounds} rounds of {pcfg.prune_every} steps at lr '
-                  f'{p.lr:g}, '
-                  f'budgets {tuple(pcfg.budgets)}')
+                  f'{pcfg.criterion}: {rounds} of {pcfg.prune_every} steps at lr {p.lr:g}, '
+                  f'budgets {tuple(pcfg.budgets)} {pcfg.get("budget_unit", "params")}')
 
-  task = _Pruning(p, workdir, ckpts, writer, spec, meta)
+  task = _Pruning(p, workdir, ckpts, writer, spec, meta, base_spec)
   every = pcfg.prune_every
-  total = (pcfg.rounds + 1) * every
+  total = task_rounds * every
   loop = loop_lib.Loop(ckpts=ckpts, writer=writer, where=f'prune run in {workdir}',
                        total=total, period=every, log_every=pcfg.log_every_rounds * every,
                        checkpoint_every=pcfg.checkpoint_every_rounds * every,
@@ -445,7 +545,8 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
   writer.close()
   for b in task.budgets:
     metrics_lib.log(f'budget {b:,} not reached in {pcfg.rounds} rounds')
-  summary = {'criterion': pcfg.criterion, 'base_params': base_params,
+  summary = {'criterion': pcfg.criterion, 'schedule': pcfg.get('schedule', 'iterative'),
+             'budget_unit': task.measure.unit, 'base_params': base_params,
              'removed': len(task.removals), 'compilations': task.compilations,
              'lr': p.lr, 'data_seed': p.seed,
              'seconds': meta['elapsed_s'] if meta.get('finished') else loop.elapsed(),

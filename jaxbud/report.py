@@ -234,6 +234,9 @@ def comparisons(rows, config) -> list[dict]:
                         sum(bases) / len(bases) if bases else None))
   for rq in ('RQ1', 'RQ2', 'RQ3', 'RQ4', CRITERIA):
     _holm(out, rq)
+  if _unit(config) == 'macs':
+    for c in out:
+      c['budget_unit'] = 'macs'
   return out
 
 
@@ -245,7 +248,17 @@ def _rq5(question, mine, text) -> tuple[str, list[str]]:
               'the compute of the reduced network of its size'
               + (f'; the prune run alone {span(marginal)}' if marginal else '')
               + f' ({len(mine)} comparisons; compute multiples, no verdict).')
-  return headline, [f'budget {c["budget"]:,}: {c["a"]} vs {c["b"]}: {text(c)}' for c in mine]
+  return headline, [f'{_at(c)}: {c["a"]} vs {c["b"]}: {text(c)}' for c in mine]
+
+
+def _unit(config) -> str:
+  """What the study's budgets count (`prune.budget_unit`)."""
+  return config.get('prune', {}).get('budget_unit', 'params')
+
+
+def _at(c) -> str:
+  """'budget 120,000', or with MACs budgets 'budget 1,234,567 MACs'."""
+  return f'budget {c["budget"]:,}' + (' MACs' if c.get('budget_unit') == 'macs' else '')
 
 
 def answer(comps, timings: bool = True) -> dict:
@@ -278,7 +291,7 @@ def answer(comps, timings: bool = True) -> dict:
       tally += ' after Holm\'s correction (family-wise 5%)'
     lines = []
     for c in mine:
-      line = f'budget {c["budget"]:,}: {c["a"]} vs {c["b"]}: {text(c)}: **{c["verdict"]}**'
+      line = f'{_at(c)}: {c["a"]} vs {c["b"]}: {text(c)}: **{c["verdict"]}**'
       if holm and c['verdict'] != stats.INCONCLUSIVE:
         line += (', survives Holm' if c['holm_verdict'] == c['verdict'] else
                  ', not after Holm')
@@ -487,7 +500,8 @@ def write(rows, workdir, config, dataset, unfinished=()) -> dict:
   pool_text = lambda p: (f'sd {100 * p.var ** 0.5:.2f}% on {p.df} df' if p.df else
                          'not estimable (one run per point)')
   md = [f'# Study report: {config.model.family} on {config.data.name}', '',
-        f'Base: `{base["spec"]}` ({base["params"]:,} params). Budgets: '
+        f'Base: `{base["spec"]}` ({base["params"]:,} params). Budgets'
+        f'{" (MACs)" if _unit(config) == "macs" else ""}: '
         f'{", ".join(f"{b:,}" for b in scfg.budgets)} (and each depth-reduced network\'s own '
         f'size). Criteria: {", ".join(scfg.criteria)} (main: {scfg.main_criterion}). Seeds per '
         f'from-scratch point: {len(scfg.seeds)}; {k} base network{"s" if k > 1 else ""}, each '

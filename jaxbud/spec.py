@@ -402,3 +402,30 @@ def count_params(spec: Spec, num_classes: int = 10) -> int:
 def count_macs(spec: Spec, image_size: int = 32, num_classes: int = 10) -> int:
   """Multiply-accumulates of one forward pass on one image_size x image_size image."""
   return _walk(spec, image_size, num_classes)[1]
+
+
+BUDGET_UNITS = ('params', 'macs')
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  """A network's size in one budget unit: `Size('macs', 10, 14)(spec)` is its MACs on 14x14
+  images with 10 classes; `Size('params', 10)(spec)` its parameter count. Pruning budgets,
+  snapshots and a study's matching of networks all measure with one Size."""
+  unit: str
+  num_classes: int = 10
+  image_size: int = 32
+
+  def __post_init__(self):
+    if self.unit not in BUDGET_UNITS:
+      raise UsageError(f'unknown prune.budget_unit {self.unit!r}; expected one of '
+                       f'{BUDGET_UNITS}')
+
+  def __call__(self, spec: Spec) -> int:
+    if self.unit == 'params':
+      return count_params(spec, self.num_classes)
+    return count_macs(spec, self.image_size, self.num_classes)
+
+  def floor(self, spec: Spec) -> int:
+    """The size left with every prunable channel of `spec` removed."""
+    return self(spec.with_prunable([0] * len(spec.prunable)))

@@ -1,4 +1,5 @@
 """docs/extending.md runs as written: its python blocks are executed in order."""
+import json
 import os
 import re
 
@@ -10,11 +11,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_extending_md_runs():
   text = open(os.path.join(ROOT, 'docs', 'extending.md')).read()
   blocks = re.findall(r'```python\n(.*?)```', text, re.S)
-  assert len(blocks) == 3
+  assert len(blocks) == 4
   namespace = {}
   exec(compile('\n'.join(blocks), 'docs/extending.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert namespace['snapshot']['params'] <= 70_000
-  assert namespace['summary']['criterion'] == 'taylor_2017'
+  assert namespace['scratch']['params'] == namespace['snapshot']['params']
+  # the new schedule: 5% of the live channels a round (WRN-10-1 has 112 prunable channels)
+  summary = namespace['summary']
+  assert summary['schedule'] == 'geometric' and summary['snapshots'][0]['params'] <= 70_000
+  history = json.load(open(os.path.join(namespace['workdir'], 'geometric', 'history.json')))
+  live, per_round = 112, []
+  for rnd in range(summary['snapshots'][0]['round']):
+    per_round.append(sum(r['round'] == rnd for r in history['removals']))
+    assert per_round[-1] == max(1, live // 20), (rnd, per_round)
+    live -= per_round[-1]
 
 
 @pytest.mark.parametrize('name', ['study_digits', 'study_fashion_mnist'])

@@ -247,3 +247,84 @@ def test_a_run_resumed_from_an_earlier_checkpoint_makes_the_same_removals(base, 
   again = json.load(open(workdir / 'history.json'))['removals']
   assert [(r['layer'], r['channel']) for r in again] == [(r['layer'], r['channel'])
                                                           for r in removals]
+
+
+def resume_from_earlier(c, workdir):
+  """Deletes the newest of a finished run's checkpoints and runs it again from the older one
+  (what a kill between the two leaves); returns the second run's summary and history."""
+  ckpts = ckpt_lib.Checkpoints(str(workdir / 'checkpoints'))
+  steps = ckpts.all_steps()
+  ckpts.close()
+  assert len(steps) == 2, steps  # keep=2
+  shutil.rmtree(workdir / 'checkpoints' / str(steps[-1]))
+  os.remove(workdir / 'summary.json')
+  summary = prune_tune.prune_and_tune(c, str(workdir))
+  return summary, json.load(open(workdir / 'history.json'))
+
+
+def snapshot_widths(summary):
+  return [spec_lib.load(os.path.join(s['dir'], 'spec.json')).prunable
+          for s in summary['snapshots']]
+
+
+def test_one_shot_cuts_the_base_to_each_budget_then_tunes_and_resumes_alike(base, tmp_path):
+  """Round 0 scores the base; each budget's network is the base cut by those scores to the
+  fewest channels that meet it, tuned for finetune_epochs, then snapshotted."""
+  c = small_config(base, schedule='one_shot', finetune_epochs=0.25, budgets=(72_000, 60_000),
+                   checkpoint_every_rounds=2)
+  workdir = tmp_path / 'p'
+  first = prune_tune.prune_and_tune(c, str(workdir))
+  history = json.load(open(workdir / 'history.json'))
+  periods = prune_tune.tune_periods(c.prune, 1437)
+  assert periods == 2 and first['schedule'] == 'one_shot'
+  assert [e['round'] for e in history['evaluations']] == [0, 2, 4]
+  base_spec = spec_lib.wrn(10, 1.0, 1)
+  for snap, budget, widths in zip(first['snapshots'], (72_000, 60_000), snapshot_widths(first)):
+    assert snap['budget'] == budget and snap['params'] <= budget and snap['budget_unit'] == 'params'
+    cut = [r for r in history['removals'] if r['budget'] == budget]
+    # the fewest channels: one fewer removal would leave the network above the budget
+    assert cut[-2]['params'] > budget >= cut[-1]['params'] == snap['params']
+    assert [r['score'] for r in cut] == sorted(r['score'] for r in cut)  # lowest first
+    assert list(widths) == [w - sum(r['layer'] == n for r in cut)
+                            for n, w in zip(base_spec.prunable_names, base_spec.prunable)]
+  again, history2 = resume_from_earlier(c, workdir)
+  assert history2['removals'] == history['removals']
+  assert snapshot_widths(again) == snapshot_widths(first)
+
+
+def test_per_layer_ratio_removes_the_same_fraction_of_every_layer_each_round(base, tmp_path):
+  c = small_config(base, per_layer_ratio=0.125, rounds=5, budgets=(), checkpoint_every_rounds=2,
+                   compact_every=12)
+  workdir = tmp_path / 'p'
+  prune_tune.prune_and_tune(c, str(workdir))
+  removals = json.load(open(workdir / 'history.json'))['removals']
+  spec = spec_lib.wrn(10, 1.0, 1)
+  for rnd in range(5):
+    left = [w - sum(1 for r in removals if r['layer'] == n and r['round'] <= rnd)
+            for n, w in zip(spec.prunable_names, spec.prunable)]
+    assert left == [w - round((rnd + 1) * 0.125 * w) for w in spec.prunable], rnd
+  _, again = resume_from_earlier(c, workdir)
+  assert [(r['layer'], r['channel']) for r in again['removals']] == [
+      (r['layer'], r['channel']) for r in removals]
+
+
+def test_macs_budgets_snapshot_at_the_first_round_under_each_and_resume_alike(base, tmp_path):
+  base_macs = spec_lib.count_macs(spec_lib.wrn(10, 1.0, 1), 8, 10)
+  budgets = (int(0.95 * base_macs), int(0.9 * base_macs))
+  c = small_config(base, budget_unit='macs', budgets=budgets, rounds=40,
+                   stop_after_last_budget=True, checkpoint_every_rounds=4, compact_every=16)
+  workdir = tmp_path / 'p'
+  first = prune_tune.prune_and_tune(c, str(workdir))
+  evals = json.load(open(workdir / 'history.json'))['evaluations']
+  assert [s['budget'] for s in first['snapshots']] == list(budgets)
+  for snap in first['snapshots']:
+    assert snap['macs'] <= snap['budget'] and snap['budget_unit'] == 'macs'
+    before = [e for e in evals if e['round'] == snap['round'] - 1]
+    assert before and before[0]['macs'] > snap['budget']  # the round before was above it
+  again, _ = resume_from_earlier(c, workdir)
+  assert [(s['round'], s['macs']) for s in again['snapshots']] == [
+      (s['round'], s['macs']) for s in first['snapshots']]
+  with pytest.raises(ValueError, match=r'prune.budgets entry 100 must lie in \[.* macs and '):
+    prune_tune.prune_and_tune(small_config(base, budget_unit='macs', budgets=(100,)),
+                              str(tmp_path / 'bad'))
+  assert not (tmp_path / 'bad').exists()

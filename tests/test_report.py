@@ -182,3 +182,6 @@ def test_other_criteria_are_compared_with_the_main_one_at_each_budget(tmp_path):
   headline, lines = report.answer(report.comparisons(rows, config))[report.CRITERIA]
   assert headline.startswith(report.CRITERIA_QUESTION) and len(lines) == 2
   assert 'Criteria' not in report.answer([])  # a study with one criterion has no section
+  config.prune = ml_collections.ConfigDict({'budget_unit': 'macs'})
+  _, lines = report.answer(report.comparisons(rows, config))[report.CRITERIA]
+  assert lines[0].startswith('budget 1,000 MACs: l1-pruned')  # MACs budgets say so

@@ -317,7 +317,53 @@ def test_fields_added_later_leave_fingerprints_alone_at_their_neutral_value():
   spec = spec_lib.wrn(16, 1, in_channels=1)
   assert 'bn_l1' not in study.train_facts(c, spec)['train']
   assert not {'normalise', 'channels_per_round'} & set(study.prune_facts(c, 'fp')['prune'])
+  later = {'normalise', 'channels_per_round', 'schedule', 'finetune_epochs', 'per_layer_ratio',
+           'budget_unit'}
+  assert not later & set(study.prune_facts(c, 'fp')['prune'])
   c.train.bn_l1 = 1e-4
-  c.prune.update(normalise='l2', channels_per_round=2)
+  c.prune.update(normalise='l2', channels_per_round=2, schedule='one_shot', budget_unit='macs')
   assert study.train_facts(c, spec)['train']['bn_l1'] == 1e-4
-  assert study.prune_facts(c, 'fp')['prune']['channels_per_round'] == 2
+  facts = study.prune_facts(c, 'fp')['prune']
+  assert facts['channels_per_round'] == 2 and facts['schedule'] == 'one_shot'
+  assert facts['budget_unit'] == 'macs'
+
+
+def test_macs_budgets_match_every_arm_in_macs():
+  """With prune.budget_unit='macs' the reduced networks and copycats are sized, and matched to
+  pruned snapshots, by their MACs."""
+  c = tiny_study_config()
+  c.prune.budget_unit = 'macs'
+  c.study.update(budgets=(1_000_000,), copycat_budget=1_000_000)
+  size = study.study_size(c, 10, 8)
+  base = spec_lib.wrn(16, 1, in_channels=1)
+  study.validate(c, base, size)
+  points = {p.family: p for p in study.all_reduced(c, base, size)}
+  width = points['wrn_width']
+  assert width.match == spec_lib.count_macs(width.spec, 8, 10)
+  assert abs(width.match - 1_000_000) < 0.1 * 1_000_000
+  depth = points['wrn_depth']  # WRN-10-1 at its own MACs
+  assert depth.budget == spec_lib.count_macs(spec_lib.wrn(10, 1, in_channels=1), 8, 10) == 763_520
+  assert study.main_budgets(c, base, size) == [1_000_000, width.match, 763_520]
+  profile = base.with_prunable((5, 2, 16, 10, 40, 3))
+  cc = study.copycat_spec(profile, 1_000_000, size)
+  assert 0.9 * 1_000_000 < spec_lib.count_macs(cc, 8, 10) <= 1_000_000
+  c.study.update(budgets=(5_000_000,), copycat_budget=5_000_000)
+  with pytest.raises(ValueError, match=r'study.budgets entry 5000000 must be in '
+                                       r'\[26240, 1648256\): the base has 1648256 macs'):
+    study.validate(c, base, size)
+
+
+def test_the_plan_counts_one_shot_and_per_layer_rounds(tmp_path):
+  c = tiny_study_config()
+  c.study.dry_run = True
+  c.prune.update(schedule='one_shot', finetune_epochs=1.0)
+  out = study.run_study(c, str(tmp_path / 'never'), log=lambda _: None)
+  # one scoring round, then 1 epoch (1,437 // 64 = 22 steps: 11 rounds of 2) for each of the
+  # main criterion's 3 snapshots (90,000 and the two reduced networks' sizes)
+  prune_row = out['plan'][1]
+  assert prune_row['what'] == 'prune-and-tune (fisher), one-shot, 34 rounds'
+  assert prune_row['steps'] == 34 * 2
+  c.prune.update(schedule='iterative', per_layer_ratio=0.25, rounds=3)
+  out = study.run_study(c, str(tmp_path / 'never'), log=lambda _: None)
+  assert out['plan'][1]['what'] == 'prune-and-tune (fisher), about 3 rounds'
+  assert not (tmp_path / 'never').exists()

@@ -89,15 +89,22 @@ class Point:
     return self.specs[i % len(self.specs)], self.schedules[i % len(self.schedules)]
 
 
-def closest(make, budget: int, lo: float, hi: float, num_classes: int, iters: int = 50,
-            below: bool = False):
-  """The spec make(s), s in [lo, hi], whose parameter count is nearest `budget` (with `below`,
-  the largest that does not exceed it).
+def _as_size(size) -> spec_lib.Size:
+  """A spec_lib.Size, or an int number of classes for parameter counts."""
+  return size if isinstance(size, spec_lib.Size) else spec_lib.Size('params', size)
 
-  Counts grow with s in steps (widths are integers), so bisect to the step that crosses the
+
+def closest(make, budget: int, lo: float, hi: float, size, iters: int = 50,
+            below: bool = False):
+  """The spec make(s), s in [lo, hi], whose size (a spec_lib.Size, or the number of classes
+  for its parameter count) is nearest `budget` (with `below`, the largest that does not exceed
+  it).
+
+  Sizes grow with s in steps (widths are integers), so bisect to the step that crosses the
   budget and keep the nearer of its two sides.
   """
-  count = lambda s: spec_lib.count_params(make(s), num_classes)
+  size = _as_size(size)
+  count = lambda s: size(make(s))
   if count(hi) <= budget:
     return make(hi)
   if count(lo) >= budget:
@@ -108,46 +115,45 @@ def closest(make, budget: int, lo: float, hi: float, num_classes: int, iters: in
   under, over = make(lo), make(hi)
   if below:
     return under
-  return min((under, over),
-             key=lambda s: abs(spec_lib.count_params(s, num_classes) - budget))
+  return min((under, over), key=lambda s: abs(size(s) - budget))
 
 
-def reduced_points(family: str, base: spec_lib.Spec, budgets, depths, num_classes,
+def reduced_points(family: str, base: spec_lib.Spec, budgets, depths, size,
                    base_widen: float = 1.0):
-  """Reduced networks of one family: one per budget, or one per depth for depth families."""
-  base_params = spec_lib.count_params(base, num_classes)
+  """Reduced networks of one family: one per budget, or one per depth for depth families
+  (`size`: the budgets' spec_lib.Size, or the number of classes for parameter counts)."""
+  size = _as_size(size)
+  base_size = size(base)
   c = base.in_channels
   points = []
   if family in DEPTH_FAMILIES:
     for d in depths:
       s = (spec_lib.wrn(d, base_widen, c) if family == 'wrn_depth'
            else spec_lib.densenet_bc(d, base.growth, c))
-      params = spec_lib.count_params(s, num_classes)
-      if params < base_params:
-        points.append(Point('reduced', family, f'depth{d}', (s,), params))
+      if size(s) < base_size:
+        points.append(Point('reduced', family, f'depth{d}', (s,), size(s)))
     return points
   for b in budgets:
     if family == 'wrn_width':
-      s = closest(lambda k: spec_lib.wrn(base.depth, k, c), b, 1 / 16, base_widen, num_classes)
+      s = closest(lambda k: spec_lib.wrn(base.depth, k, c), b, 1 / 16, base_widen, size)
     elif family == 'densenet_growth':
       s = closest(lambda g: spec_lib.densenet_bc(base.depth, max(1, int(g)), c), b, 1,
-                  base.growth, num_classes)
+                  base.growth, size)
     elif family in ('wrn_bottleneck', 'densenet_bottleneck'):
       s = closest(lambda z: base.with_prunable(max(1, int(w * z)) for w in base.prunable),
-                  b, 0.0, 1.0, num_classes)
+                  b, 0.0, 1.0, size)
     else:
       raise UsageError(f'unknown reduced family {family!r}; expected one of {REDUCED}')
     # Compared with a pruned snapshot at its own size: `closest` may land a step above b.
-    points.append(Point('reduced', family, f'budget{b}', (s,), b,
-                        match=spec_lib.count_params(s, num_classes)))
+    points.append(Point('reduced', family, f'budget{b}', (s,), b, match=size(s)))
   return points
 
 
-def copycat_spec(profile: spec_lib.Spec, budget: int, num_classes: int) -> spec_lib.Spec:
+def copycat_spec(profile: spec_lib.Spec, budget: int, size) -> spec_lib.Spec:
   """The profile's per-layer widths scaled by s (max(1, round(s * w))): the largest such
   network within `budget` (never larger than the pruned network it is compared with)."""
   return closest(lambda s: spec_lib.scale_prunable(profile, s, 1, keep_zeros=False), budget,
-                 0.0, 8.0, num_classes, below=True)
+                 0.0, 8.0, size, below=True)
 
 
 def wider_than_base(spec: spec_lib.Spec, base: spec_lib.Spec) -> bool:
@@ -166,26 +172,31 @@ def scratch_b_factor(base_macs: int, macs: int, cap: float = 0.0) -> float:
   return min(factor, cap) if cap > 0 else factor
 
 
-def prune_floor(base: spec_lib.Spec, num_classes: int) -> int:
-  """Parameters left with every prunable channel removed."""
-  return spec_lib.count_params(base.with_prunable([0] * len(base.prunable)), num_classes)
+def prune_floor(base: spec_lib.Spec, size) -> int:
+  """The size (parameters, for a number of classes) left with every prunable channel removed."""
+  return _as_size(size).floor(base)
 
 
-def validate(config, base: spec_lib.Spec, num_classes: int):
+def study_size(config, num_classes: int, image_size: int) -> spec_lib.Size:
+  """How the study measures its budgets and matches networks: `prune.budget_unit`."""
+  return prune_tune.budget_size(config.prune, num_classes, image_size)
+
+
+def validate(config, base: spec_lib.Spec, size: spec_lib.Size):
   scfg = config.study
-  base_params = spec_lib.count_params(base, num_classes)
+  base_size, unit = size(base), size.unit
   for f in scfg.reduced:
     if f not in REDUCED:
       raise UsageError(f'unknown study.reduced family {f!r}; expected some of {REDUCED}')
     if not f.startswith(base.family.split('_')[0]):
       raise UsageError(f'study.reduced family {f!r} does not fit the base {base.family}')
   if not scfg.budgets:
-    raise UsageError('study.budgets is empty; give parameter counts below the base network')
-  floor = prune_floor(base, num_classes)
+    raise UsageError(f'study.budgets is empty; give sizes ({unit}) below the base network\'s')
+  floor = prune_floor(base, size)
   for b in scfg.budgets:
-    if not floor <= b < base_params:
-      raise UsageError(f'study.budgets entry {b} must be in [{floor}, {base_params}): the base '
-                       f'has {base_params} params and {floor} remain with every prunable '
+    if not floor <= b < base_size:
+      raise UsageError(f'study.budgets entry {b} must be in [{floor}, {base_size}): the base '
+                       f'has {base_size} {unit} and {floor} remain with every prunable '
                        'channel gone')
   if scfg.main_criterion not in scfg.criteria:
     raise UsageError(f'study.main_criterion {scfg.main_criterion!r} must be one of '
@@ -220,24 +231,23 @@ def _base_spec(config, in_channels: int) -> spec_lib.Spec:
   return train_lib.build_spec(config.model, in_channels)
 
 
-def all_reduced(config, base, num_classes) -> list[Point]:
+def all_reduced(config, base, size: spec_lib.Size) -> list[Point]:
   """Every reduced network of the study (depth families only where pruning can reach them)."""
-  scfg, floor = config.study, prune_floor(base, num_classes)
+  scfg, floor = config.study, prune_floor(base, size)
   widen = config.model.get('widen', 1.0)
   return [p for f in scfg.reduced
-          for p in reduced_points(f, base, scfg.budgets, scfg.depths, num_classes, widen)
+          for p in reduced_points(f, base, scfg.budgets, scfg.depths, size, widen)
           if f not in DEPTH_FAMILIES or p.budget >= floor]
 
 
-def matched_budgets(config, base, num_classes) -> list[int]:
-  """The parameter counts of the reduced networks that a pruned snapshot must also match."""
-  return sorted({p.match or p.budget for p in all_reduced(config, base, num_classes)},
-                reverse=True)
+def matched_budgets(config, base, size: spec_lib.Size) -> list[int]:
+  """The sizes of the reduced networks that a pruned snapshot must also match."""
+  return sorted({p.match or p.budget for p in all_reduced(config, base, size)}, reverse=True)
 
 
-def main_budgets(config, base, num_classes) -> list[int]:
+def main_budgets(config, base, size: spec_lib.Size) -> list[int]:
   """Snapshot budgets of the main criterion's prune runs: the study's and the matched ones."""
-  return sorted(set(config.study.budgets) | set(matched_budgets(config, base, num_classes)),
+  return sorted(set(config.study.budgets) | set(matched_budgets(config, base, size)),
                 reverse=True)
 
 
@@ -257,7 +267,8 @@ _NOT_RESULT = {'data': ('data_dir', 'manual_dir'),
 # Fields added after fingerprints existed, left out at the value that leaves a run as it was, so
 # that runs made before them stay reusable.
 _NEUTRAL = {'train': {'bn_l1': 0.0},
-            'prune': {'normalise': 'none', 'channels_per_round': 1}}
+            'prune': {'normalise': 'none', 'channels_per_round': 1, 'schedule': 'iterative',
+                      'finetune_epochs': 1.0, 'per_layer_ratio': 0.0, 'budget_unit': 'params'}}
 
 
 def _section(config, name) -> dict:
@@ -319,32 +330,39 @@ def plan(config, step_seconds: float | None = None) -> list[dict]:
   scfg, tcfg, pcfg = config.study, config.train, config.prune
   n_train, image_shape, nc = describe_data(config)
   base = _base_spec(config, image_shape[-1])
-  validate(config, base, nc)
-  base_params = spec_lib.count_params(base, nc)
+  size = study_size(config, nc, image_shape[0])
+  validate(config, base, size)
+  base_size = size(base)
   base_macs = spec_lib.count_macs(base, image_shape[0], nc)
   steps = tcfg.epochs * input_pipeline.steps_per_epoch(n_train, tcfg.batch_size, drop_last=False)
   seeds, prune_seeds = len(scfg.seeds), len(scfg.prune_seeds)
   rows = [dict(what='base network', kind='train', runs=prune_seeds, steps=steps,
                macs=base_macs, batch=tcfg.batch_size)]
-  per_channel = (base_params - prune_floor(base, nc)) / sum(base.prunable)
+  per_channel = (base_size - prune_floor(base, size)) / sum(base.prunable)
+  per_round = (pcfg.get('per_layer_ratio', 0.0) * sum(base.prunable) or
+               pcfg.get('channels_per_round', 1))
   for crit in scfg.criteria:
-    smallest = min(scfg.budgets)
-    if crit == scfg.main_criterion:
-      smallest = min(main_budgets(config, base, nc))
-    rounds = pcfg.rounds
-    if pcfg.stop_after_last_budget:
-      rounds = min(rounds, math.ceil((base_params - smallest) / per_channel
-                                     / pcfg.get('channels_per_round', 1)))
-    mean_macs = (base_macs + smallest / base_params * base_macs) / 2  # shrinking as it goes
-    rows.append(dict(what=f'prune-and-tune ({crit}), about {rounds} rounds', kind='prune',
-                     runs=prune_seeds, steps=(rounds + 1) * pcfg.prune_every, macs=mean_macs,
-                     batch=pcfg.batch_size))
-  for p in all_reduced(config, base, nc):
+    budgets = main_budgets(config, base, size) if crit == scfg.main_criterion else scfg.budgets
+    smallest = min(budgets)
+    mean_macs = (base_macs + smallest / base_size * base_macs) / 2  # shrinking as it goes
+    if prune_tune.one_shot(pcfg):
+      rounds = 1 + len(budgets) * prune_tune.tune_periods(pcfg, n_train)
+      what = f'prune-and-tune ({crit}), one-shot, {rounds} rounds'
+      mean_macs = (base_macs + sum(budgets) / len(budgets) / base_size * base_macs) / 2
+    else:
+      rounds = pcfg.rounds
+      if pcfg.stop_after_last_budget:
+        rounds = min(rounds, math.ceil((base_size - smallest) / per_channel / per_round))
+      what = f'prune-and-tune ({crit}), about {rounds} rounds'
+      rounds += 1  # the last tunes after the final removal
+    rows.append(dict(what=what, kind='prune', runs=prune_seeds, steps=rounds * pcfg.prune_every,
+                     macs=mean_macs, batch=pcfg.batch_size))
+  for p in all_reduced(config, base, size):
     rows.append(dict(what=f'reduced {p.family} {p.label}', kind='train', runs=seeds,
                      steps=steps, macs=spec_lib.count_macs(p.spec, image_shape[0], nc),
                      batch=tcfg.batch_size))
   for b in scfg.budgets:
-    est = b / base_params * base_macs
+    est = b / base_size * base_macs
     rows.append(dict(what=f'scratch {b:,}', kind='train', runs=seeds, steps=steps, macs=est,
                      batch=tcfg.batch_size))
     if scfg.scratch_b:
@@ -423,7 +441,8 @@ class Study:
     self.base_spec = self.ts.spec
     self.nc = self.dataset.num_classes
     self.size = self.dataset.image_shape[0]
-    validate(config, self.base_spec, self.nc)
+    self.measure = study_size(config, self.nc, self.size)
+    validate(config, self.base_spec, self.measure)
     self.base_macs = spec_lib.count_macs(self.base_spec, self.size, self.nc)
     self.rows = []      # one dict per arm point (see _row)
     self._runs = {}     # (spec json, seed, schedule) -> (run dir, the point that owns it)
@@ -522,7 +541,7 @@ class Study:
     """The main criterion also meets each reduced network at its own size; the others are
     reported at the study's budgets only."""
     if crit == self.scfg.main_criterion:
-      return main_budgets(self.config, self.base_spec, self.nc)
+      return main_budgets(self.config, self.base_spec, self.measure)
     return sorted(self.scfg.budgets, reverse=True)
 
   def _train_point(self, p: 'Point', stage: str):
@@ -579,7 +598,7 @@ class Study:
     profiles = tuple(load(s) for s in snapshots[scfg.copycat_budget])
     for b in scfg.budgets:
       specs = (profiles if b == scfg.copycat_budget  # the profiles themselves, not rescaled
-               else tuple(copycat_spec(p, b, self.nc) for p in profiles))
+               else tuple(copycat_spec(p, b, self.measure) for p in profiles))
       points.append(Point('copycat', scfg.main_criterion, f'budget{b}', specs, b))
     return points
 
@@ -601,7 +620,7 @@ class Study:
                     f'budgets {tuple(scfg.budgets)}, criteria {tuple(scfg.criteria)}, '
                     f'seeds {tuple(scfg.seeds)}, prune seeds {tuple(scfg.prune_seeds)}')
     k = len(scfg.prune_seeds)
-    reduced = all_reduced(self.config, self.base_spec, self.nc)
+    reduced = all_reduced(self.config, self.base_spec, self.measure)
     self._total = k * (1 + len(scfg.criteria)) + len(reduced) * len(scfg.seeds)
     prune_runs = [(c, s) for c in scfg.criteria for s in scfg.prune_seeds]
     prunes_here = dict(zip(prune_runs, jobs.peek('B', [f'prune_{c}/seed{s}'
