@@ -50,7 +50,8 @@ def test_readme_results_are_the_published_study(name):
 
 
 @pytest.mark.parametrize('name', ['study_digits', 'study_fashion_mnist', 'study_wrn_40_2_cifar10',
-                                  'study_densenet_bc_100_cifar10', 'study_criteria_digits'])
+                                  'study_densenet_bc_100_cifar10', 'study_criteria_digits',
+                                  'study_criteria_fashion_mnist'])
 def test_study_config_docstrings_state_what_the_plan_prints(name):
   import importlib  # pylint: disable=g-import-not-at-top
   from jaxbud import study  # pylint: disable=g-import-not-at-top

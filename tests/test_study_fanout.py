@@ -140,3 +140,19 @@ def test_an_only_job_trains_its_glob_and_a_job_with_another_config_is_refused(fa
   out = study.run_study(c, str(tmp_path))
   assert set(out['trained']) == {r for r in RUNS if r.startswith('arms/reduced/')}
   assert not out['elsewhere'] and 'base/seed0' in out['unfinished']
+
+
+def test_a_study_begun_before_newer_fields_is_continued_unless_they_change(tmp_path):
+  """config.json of a study written before prune.schedule (and the other fields added since)
+  existed: a job with those fields at their neutral values joins it; another value is refused."""
+  stored = json.loads(micro_config().to_json())
+  for field in ('schedule', 'finetune_epochs', 'per_layer_ratio', 'budget_unit',
+                'channels_per_round', 'normalise'):
+    del stored['prune'][field]
+  del stored['train']['bn_l1']
+  (tmp_path / 'config.json').write_text(json.dumps(stored))
+  study.check_same_study(str(tmp_path), micro_config())
+  c = micro_config()
+  c.prune.schedule = 'one_shot'
+  with pytest.raises(ValueError, match=r'another config \(prune.schedule differ\)'):
+    study.check_same_study(str(tmp_path), c)

@@ -771,6 +771,10 @@ def _study_facts(stored: dict) -> dict:
   for section, fields in (('study', jobs_lib.FAN_OUT_FIELDS), ('data', _NOT_RESULT['data'])):
     for f in fields:
       stored.get(section, {}).pop(f, None)
+  for section, neutral in _NEUTRAL.items():  # a study begun before these fields existed
+    for f, value in neutral.items():
+      if stored.get(section, {}).get(f, value) == value:
+        stored.get(section, {}).pop(f, None)
   return stored
 
 
