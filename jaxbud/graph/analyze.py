@@ -48,32 +48,33 @@ def _state_outputs(out_shape, var_paths):
 
 
 def _expand(axes, node):
-  """[(atom root, index array)] for the axis `node`: index[i] is the atom's channel at position
-  i of the axis, or -1 where other atoms sit."""
+  """[(atom root, index array, part)] for the axis `node`: index[i] is the atom's channel at
+  position i of the axis, or -1 where other atoms sit; part says where ('' for the whole axis,
+  '[a:b]' for a segment, '(factor j of k)' for a factor of a product, nested left to right)."""
   r = axes.find(node)
   size = axes.size[r]
   s = axes.struct[r]
   if s is None:
-    return [(r, np.arange(size))]
+    return [(r, np.arange(size), '')]
   out = []
   if s[0] == CAT:
     pos = 0
     for p in s[1]:
       psize = axes.size[axes.find(p)]
-      for atom, idx in _expand(axes, p):
+      for atom, idx, part in _expand(axes, p):
         full = np.full(size, -1)
         full[pos:pos + psize] = idx
-        out.append((atom, full))
+        out.append((atom, full, f'[{pos}:{pos + psize}]{part}'))
       pos += psize
     return out
   sizes = [axes.size[axes.find(p)] for p in s[1]]
   stride = size
   flat = np.arange(size)
-  for p, psize in zip(s[1], sizes):
+  for j, (p, psize) in enumerate(zip(s[1], sizes)):
     stride //= psize
     digit = (flat // stride) % psize
-    for atom, idx in _expand(axes, p):
-      out.append((atom, idx[digit]))
+    for atom, idx, part in _expand(axes, p):
+      out.append((atom, idx[digit], f'(factor {j + 1} of {len(sizes)}){part}'))
   return out
 
 
@@ -92,14 +93,14 @@ def _name(entries, used):
   as in `spec.prunable_names`, else the first leaf."""
   kernels = [e for e in entries if e.path[0] == 'params' and e.path[-1] == 'kernel' and
              len(e.path) > 2 and e.axis == e.ndim - 1]
-  whole = [e for e in kernels if not e.span]
+  whole = [e for e in kernels if not e.part]
   if whole:
     best = '/'.join(whole[0].module)
   elif kernels:
-    best = '/'.join(kernels[0].module) + kernels[0].span
+    best = '/'.join(kernels[0].module) + kernels[0].part
   else:
     e = entries[0]
-    best = f'{e.leaf}:{e.axis}{e.span}'
+    best = f'{e.leaf}:{e.axis}{e.part}'
   name, k = best, 1
   while name in used:
     k += 1
@@ -124,8 +125,8 @@ def analyze(apply_fn, variables, *args, **kwargs) -> Groups:
   arg_shapes = [tuple(np.shape(a)) for a in jax.tree.leaves(args)]
 
   axes = Axes()
-  ctx = rules.Context(axes)
-  var_nodes = [ctx.fresh(s) for s in shapes]
+  var_nodes = [tuple(axes.new(d) for d in s) for s in shapes]
+  ctx = rules.Context(axes, var_nodes)
   arg_nodes = [ctx.fresh(s) for s in arg_shapes]
   for nodes, s in zip(arg_nodes, arg_shapes):
     ctx.freeze_all(nodes, s, 'an input of the model', min_size=0)
@@ -147,10 +148,12 @@ def analyze(apply_fn, variables, *args, **kwargs) -> Groups:
     for axis, (node, d) in enumerate(zip(nodes, shape)):
       if d == 0:
         continue
-      for atom, idx in _expand(axes, node):
-        by_atom.setdefault(atom, []).append(Entry(path, axis, idx, len(shape)))
+      for atom, idx, part in _expand(axes, node):
+        by_atom.setdefault(atom, []).append(Entry(path, axis, idx, len(shape), part))
+  order = lambda e: ctx.first_use.get(index[e.path], len(paths) + index[e.path])
   used, groups = set(), []
-  for atom, entries in by_atom.items():
+  for atom, entries in sorted(by_atom.items(), key=lambda kv: min(map(order, kv[1]))):
+    entries = sorted(entries, key=order)
     reasons = tuple(axes.frozen.get(atom, ()))
     if reasons and all(r.startswith(_WINDOW) for r in reasons):
       continue  # the spatial axes of kernels: not channels

@@ -18,6 +18,7 @@ class Entry:
   axis: int
   index: np.ndarray
   ndim: int
+  part: str = ''  # '' (whole axis), '[a:b]' (a segment), '(factor j of k)' (a reshape factor)
 
   @property
   def leaf(self) -> str:
@@ -28,19 +29,8 @@ class Entry:
     """The module path: the path without its collection and leaf name."""
     return tuple(self.path[1:-1])
 
-  @property
-  def span(self) -> str:
-    """'' for the whole axis, '[a:b]' for a contiguous segment, else a count of positions."""
-    pos = np.flatnonzero(self.index >= 0)
-    if len(pos) == len(self.index) and np.array_equal(self.index, np.arange(len(pos))):
-      return ''
-    if (len(pos) and pos[-1] - pos[0] + 1 == len(pos) and
-        np.array_equal(self.index[pos], np.arange(len(pos)))):
-      return f'[{pos[0]}:{pos[-1] + 1}]'
-    return f'{{{len(pos)} of {len(self.index)} positions, a factor}}'
-
   def __repr__(self):
-    return f'{self.leaf} axis {self.axis}{self.span}'
+    return f'{self.leaf} axis {self.axis}{self.part}'
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

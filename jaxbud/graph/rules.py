@@ -24,8 +24,12 @@ except ImportError:  # pragma: no cover
 class Context:
   """The axis union-find of one analysis, and helpers shared by the rules."""
 
-  def __init__(self, axes):
+  def __init__(self, axes, leaves=()):
     self.axes = axes
+    # Program order of the variable leaves (by the node tuples they enter with): groups are
+    # listed, and named after their producing kernel, in the order the program uses them.
+    self.leaf_ids = {id(nodes): i for i, nodes in enumerate(leaves)}
+    self.first_use = {}
 
   def fresh(self, shape, reason=None):
     nodes = tuple(self.axes.new(d) for d in shape)
@@ -83,6 +87,8 @@ def elementwise(ctx, eqn, ins, loc):
       for i, (a, d) in enumerate(zip(x, _shape(xv))):
         if d == shape[i]:
           ctx.unify(out[i], a, loc)
+        else:  # a size-1 axis broadcast: its one channel is spread over many, so it stays
+          ctx.axes.freeze(a, f'broadcast by {loc}')
     outs.append(tuple(out))
   return outs
 
@@ -98,6 +104,8 @@ def broadcast_in_dim(ctx, eqn, ins, loc):
   for i, d in enumerate(eqn.params['broadcast_dimensions']):
     if _shape(eqn.invars[0])[i] == shape[d]:
       out[d] = ins[0][i]
+    else:  # size 1 -> size n: couples nothing, and the single channel cannot be removed
+      ctx.axes.freeze(ins[0][i], f'broadcast by {loc}')
   return [tuple(out)]
 
 
@@ -388,6 +396,9 @@ def interpret(ctx, jaxpr, consts_nodes, in_nodes, site='', prefix=''):
   for i, eqn in enumerate(jaxpr.eqns):
     name = eqn.primitive.name
     ins = [read(v) for v in eqn.invars]
+    for x in ins:
+      if id(x) in ctx.leaf_ids:
+        ctx.first_use.setdefault(ctx.leaf_ids[id(x)], len(ctx.first_use))
     eqn_site = f'{site}{i}'
     key = CALLS.get(name, '')
     callee = eqn.params.get(key) if key else None
