@@ -24,12 +24,12 @@ def noisy_variables(model, x, seed=0, **kwargs):
 
 
 def random_keep(groups, seed, allow_empty=False):
-  """{name: sorted random subset} for every prunable group (at least one channel each unless
-  allow_empty)."""
+  """{name: sorted random subset} for every prunable group: at least one channel removed
+  from each group of more than one, at least one kept unless allow_empty."""
   rng = np.random.default_rng(seed)
   keep = {}
   for g in groups.prunable:
-    n = int(rng.integers(0 if allow_empty else 1, g.size + 1))
+    n = int(rng.integers(0 if allow_empty else 1, max(g.size, 2)))
     keep[g.name] = np.sort(rng.choice(g.size, n, replace=False))
   return keep
 

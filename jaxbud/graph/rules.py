@@ -247,6 +247,9 @@ def conv(ctx, eqn, ins, loc):
   g = p['feature_group_count']
   g_in, per_in = _grouped(ctx, lhs[lhs_spec[1]], g, loc)
   g_out, _ = _grouped(ctx, rhs[rhs_spec[0]], g, loc)
+  if g > 1 and ctx.axes.size[ctx.axes.find(per_in)] == 1:
+    # One input channel per group (depthwise): the kernel's input axis has nothing to cut.
+    ctx.axes.freeze(rhs[rhs_spec[1]], f'one input channel per group in {loc}')
   if g > 1:
     ctx.unify(g_in, g_out, loc)
   ctx.unify(per_in, rhs[rhs_spec[1]], loc)

@@ -1,0 +1,168 @@
+"""A zoo of small Flax CNNs defined here, none of them known to jaxbud: for random keep sets,
+the network compacted by jaxbud.graph (variables sliced, a smaller module from a factory) gives
+the masked network's logits and batch statistics, in eval and in train mode."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxbud.graph as jg
+from tests import graph_check
+
+BN = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
+
+def bn(train, name):
+  return BN(use_running_average=not train, name=name)
+
+
+def conv(features, kernel=3, stride=1, name=None, groups=1, bias=False):
+  return nn.Conv(features, (kernel, kernel), strides=stride, padding='SAME', use_bias=bias,
+                 feature_group_count=groups, name=name)
+
+
+def head(x, num_classes=5):
+  return nn.Dense(num_classes, name='head')(jnp.mean(x, axis=(1, 2)))
+
+
+class TorchResNet(nn.Module):
+  """torchvision-style: post-activation basic block with a projection shortcut."""
+  stem: int = 6
+  inner: int = 5
+  out: int = 7
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(bn(train, 'stem_bn')(conv(self.stem, name='stem')(x)))
+    y = nn.relu(bn(train, 'bn1')(conv(self.inner, stride=2, name='conv1')(x)))
+    y = bn(train, 'bn2')(conv(self.out, name='conv2')(y))
+    s = bn(train, 'shortcut_bn')(conv(self.out, 1, 2, name='shortcut')(x))
+    return head(nn.relu(y + s))
+
+
+class DenseBlock(nn.Module):
+  """Two bottleneck dense layers: the features grow by concatenation."""
+  stem: int = 6
+  b0: int = 5
+  g0: int = 3
+  b1: int = 4
+  g1: int = 3
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = conv(self.stem, name='stem')(x)
+    for i, (b, g) in enumerate(((self.b0, self.g0), (self.b1, self.g1))):
+      y = nn.relu(bn(train, f'l{i}_bn1')(x))
+      y = nn.relu(bn(train, f'l{i}_bn2')(conv(b, 1, name=f'l{i}_conv1')(y)))
+      x = jnp.concatenate([x, conv(g, name=f'l{i}_conv2')(y)], axis=-1)
+    return head(nn.relu(bn(train, 'bn')(x)))
+
+
+class MobileNetV2(nn.Module):
+  """Inverted residuals: expand 1x1, depthwise 3x3, project 1x1; a residual without projection
+  where shapes allow."""
+  stem: int = 6
+  e1: int = 8
+  e2: int = 9
+  out2: int = 5
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu6(bn(train, 'stem_bn')(conv(self.stem, stride=1, name='stem')(x)))
+    for i, (e, out, stride) in enumerate(((self.e1, self.stem, 1), (self.e2, self.out2, 2))):
+      y = nn.relu6(bn(train, f'b{i}_bn1')(conv(e, 1, name=f'b{i}_expand')(x)))
+      y = nn.relu6(bn(train, f'b{i}_bn2')(conv(e, 3, stride, name=f'b{i}_dw', groups=e)(y)))
+      y = bn(train, f'b{i}_bn3')(conv(out, 1, name=f'b{i}_project')(y))
+      x = x + y if stride == 1 and out == x.shape[-1] else y
+    return head(x)
+
+
+class ResNeXt(nn.Module):
+  """A bottleneck with a grouped 3x3 conv (`groups` groups of `per_in` -> `per_out` channels)
+  and an identity shortcut."""
+  stem: int = 6
+  groups: int = 3
+  per_in: int = 2
+  per_out: int = 2
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(bn(train, 'stem_bn')(conv(self.stem, name='stem')(x)))
+    y = nn.relu(bn(train, 'bn1')(conv(self.groups * self.per_in, 1, name='conv1')(x)))
+    y = nn.relu(bn(train, 'bn2')(conv(self.groups * self.per_out, 3, name='conv2',
+                                      groups=self.groups)(y)))
+    y = bn(train, 'bn3')(conv(x.shape[-1], 1, name='conv3')(y))
+    return head(nn.relu(x + y))
+
+
+class VGG(nn.Module):
+  """Convs, max pooling, then a flatten into dense layers (NHWC: the channel is the minor
+  factor of the flattened axis)."""
+  c1: int = 4
+  c2: int = 5
+  fc: int = 7
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(bn(train, 'bn1')(conv(self.c1, name='conv1')(x)))
+    x = nn.relu(conv(self.c2, name='conv2', bias=True)(x))
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.fc, name='fc')(x))
+    return nn.Dense(5, name='head')(x)
+
+
+class GroupNormCNN(nn.Module):
+  """GroupNorm normalises over (H, W, channels of a group): the per-group factor of its axis is
+  reduced over and frozen; whole groups can go."""
+  groups: int = 3
+  per_group: int = 2
+  c2: int = 5
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = conv(self.groups * self.per_group, name='conv1')(x)
+    x = nn.relu(nn.GroupNorm(num_groups=self.groups, name='gn')(x))
+    x = nn.relu(conv(self.c2, name='conv2', bias=True)(x))
+    return head(x)
+
+
+class Reused(nn.Module):
+  """One conv applied twice (shared weights): its input and output channels are one group."""
+  width: int = 5
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(bn(train, 'stem_bn')(conv(self.width, name='stem')(x)))
+    shared = conv(self.width, name='shared', bias=True)
+    x = nn.relu(shared(nn.relu(shared(x))))
+    return head(x)
+
+
+ZOO = {
+    'torch_resnet': (TorchResNet(), lambda w: TorchResNet(
+        w['stem'], w['conv1'], w['conv2'])),
+    'densenet_block': (DenseBlock(), lambda w: DenseBlock(
+        w['stem'], w['l0_conv1'], w['l0_conv2'], w['l1_conv1'], w['l1_conv2'])),
+    'mobilenet_v2': (MobileNetV2(), lambda w: MobileNetV2(
+        w['stem'], w['b0_expand'], w['b1_expand'], w['b1_project'])),
+    'resnext': (ResNeXt(), lambda w: ResNeXt(
+        w['stem'], w['conv1(factor 1 of 2)'], w['conv1(factor 2 of 2)'],
+        w['conv2(factor 2 of 2)'])),
+    'vgg': (VGG(), lambda w: VGG(w['conv1'], w['conv2'], w['fc'])),
+    'groupnorm': (GroupNormCNN(), lambda w: GroupNormCNN(
+        w['conv1(factor 1 of 2)'], c2=w['conv2'])),
+    'reused': (Reused(), lambda w: Reused(w['stem'])),
+}
+
+
+@pytest.mark.parametrize('name', sorted(ZOO))
+def test_compacted_network_gives_the_masked_networks_outputs(name):
+  model, factory = ZOO[name]
+  x = jnp.asarray(np.random.default_rng(7).standard_normal((3, 8, 8, 2)), jnp.float32)
+  variables = graph_check.noisy_variables(model, x)
+  groups = graph_check.check_compaction(model, variables, x, factory)
+  print(groups)
