@@ -166,3 +166,153 @@ def test_compacted_network_gives_the_masked_networks_outputs(name):
   variables = graph_check.noisy_variables(model, x)
   groups = graph_check.check_compaction(model, variables, x, factory)
   print(groups)
+
+
+# Regressions: the failures DepGraph's users report (VainF/Torch-Pruning issue numbers). ---------
+
+class BroadcastMask(nn.Module):
+  """#510: mask[B,H,W,1] * x in two branches must not couple them."""
+  a: int = 4
+  b: int = 3
+  out: int = 5
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    m = nn.sigmoid(conv(1, name='mask')(x))
+    ya = conv(self.out, name='conv_c')(nn.relu(conv(self.a, name='conv_a')(x)) * m)
+    yb = conv(self.out, name='conv_d')(nn.relu(conv(self.b, name='conv_b')(x)) * m)
+    return head(ya + yb)
+
+
+class OneChannel(nn.Module):
+  """#179: a conv with one output channel is no depthwise conv."""
+  c1: int = 4
+  c3: int = 4
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(conv(self.c1, name='conv1')(x))
+    x = nn.relu(conv(1, name='one', bias=True)(x))
+    return head(nn.relu(conv(self.c3, name='conv3')(x)))
+
+
+class DepthwiseResidual(nn.Module):
+  """#513: a depthwise conv inside a residual couples its input and output with the stream."""
+  width: int = 5
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(bn(train, 'stem_bn')(conv(self.width, name='stem')(x)))
+    y = bn(train, 'dw_bn')(conv(self.width, 3, name='dw', groups=self.width)(x))
+    return head(nn.relu(x + y))
+
+
+class ConcatSplit(nn.Module):
+  """#147, #415: a concatenation split again, at `cut` channels from the start."""
+  a: int = 4
+  b: int = 4
+  cut: int = 4
+  out: int = 3
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    c = jnp.concatenate([conv(self.a, name='conv_a')(x), conv(self.b, name='conv_b')(x)], -1)
+    p, q = jnp.split(c, [self.cut], axis=-1)
+    return head(conv(self.out, name='conv_p')(p) + conv(self.out, name='conv_q')(q))
+
+
+_act = jax.jit(lambda h: nn.relu(h) * 2.0)
+
+
+class TwinCalls(nn.Module):
+  """One jitted helper called on two branches: JAX reuses one Jaxpr for both calls."""
+  a: int = 4
+  b: int = 4
+  out: int = 3
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    ya = conv(self.out, name='conv_c')(_act(conv(self.a, name='conv_a')(x)))
+    yb = conv(self.out, name='conv_d')(_act(conv(self.b, name='conv_b')(x)))
+    return head(ya + yb)
+
+
+class Unsupported(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = jnp.sort(conv(4, name='conv_a')(x), axis=1)  # a primitive with no channel rule
+    return head(conv(3, name='conv_b')(h))
+
+
+def _groups(model, x):
+  return jg.analyze(model.apply, jax.eval_shape(model.init, jax.random.key(0), x), x)
+
+
+X = jnp.asarray(np.random.default_rng(8).standard_normal((3, 8, 8, 2)), jnp.float32)
+
+
+def _compaction(model, factory):
+  return graph_check.check_compaction(model, graph_check.noisy_variables(model, X), X, factory,
+                                      train=False)
+
+
+def test_a_broadcast_mask_multiply_does_not_couple_the_branches():
+  groups = _compaction(BroadcastMask(), lambda w: BroadcastMask(w['conv_a'], w['conv_b'],
+                                                                    w['conv_c']))
+  assert groups['conv_a'].size == 4 and groups['conv_b'].size == 3
+  assert {e.leaf for e in groups['conv_a'].entries} == {'params/conv_a/kernel',
+                                                       'params/conv_c/kernel'}
+  assert 'broadcast by mul' in groups['mask'].frozen_by[0]  # its one channel cannot go
+
+
+def test_pool_then_flatten_then_dense_takes_the_channel_as_the_minor_factor():
+  groups = _groups(VGG(), X)
+  (fc,) = [e for e in groups['conv2'].entries if e.leaf == 'params/fc/kernel']
+  assert fc.axis == 0 and fc.part == '(factor 3 of 3)'
+  np.testing.assert_array_equal(fc.index, np.arange(4 * 4 * 5) % 5)  # 8x8 pooled to 4x4
+
+
+def test_a_conv_with_one_output_channel_is_not_depthwise():
+  groups = _compaction(OneChannel(), lambda w: OneChannel(w['conv1'], w['conv3']))
+  assert [(g.name, g.size) for g in groups.prunable] == [('conv1', 4), ('one', 1), ('conv3', 4)]
+  assert {e.leaf for e in groups['conv1'].entries} == {'params/conv1/kernel',
+                                                      'params/one/kernel'}
+
+
+def test_a_depthwise_conv_inside_a_residual_joins_the_stream():
+  groups = _compaction(DepthwiseResidual(), lambda w: DepthwiseResidual(w['stem']))
+  assert ('params/dw/kernel', 3) in {(e.leaf, e.axis) for e in groups['stem'].entries}
+  assert not groups['params/dw/kernel:2'].prunable
+
+
+def test_a_concatenation_split_on_its_boundary_is_exact():
+  groups = _compaction(ConcatSplit(), lambda w: ConcatSplit(w['conv_a'], w['conv_b'],
+                                                            w['conv_a'], w['conv_p']))
+  assert groups['conv_a'].prunable and groups['conv_b'].prunable
+
+
+def test_a_concatenation_split_off_its_boundary_freezes_the_cut_segment():
+  groups = _groups(ConcatSplit(cut=6), X)
+  assert groups['conv_a'].prunable
+  cut = [g for g in groups if ('params/conv_b/kernel', 3) in {(e.leaf, e.axis) for e in g.entries}]
+  assert [g.name for g in cut] == ['conv_b[0:2]', 'conv_b[2:4]']
+  assert [g.size for g in cut] == [2, 2]
+  for g in cut:
+    assert 'sliced off a concatenation segment boundary by split' in g.frozen_by[0]
+
+
+def test_two_calls_of_one_jaxpr_are_not_merged():
+  model = TwinCalls()
+  variables = jax.eval_shape(model.init, jax.random.key(0), X)
+  jaxpr = jax.make_jaxpr(model.apply)(variables, X).jaxpr
+  calls = [e.params['jaxpr'] for e in jaxpr.eqns if e.primitive.name in ('jit', 'pjit')]
+  assert len(calls) == 2 and calls[0] is calls[1]  # the trap is really there
+  groups = _compaction(model, lambda w: TwinCalls(w['conv_a'], w['conv_b'], w['conv_c']))
+  assert groups['conv_a'] is not groups['conv_b']
+  assert groups['conv_a'].size == groups['conv_b'].size == 4
+
+
+def test_an_unsupported_primitive_freezes_the_channel_and_names_itself():
+  groups = _groups(Unsupported(), X)
+  assert groups['conv_a'].frozen_by[0].startswith('no channel rule for sort at Unsupported')
+  assert groups['conv_b'].prunable

@@ -128,6 +128,9 @@ def reshape(ctx, eqn, ins, loc):
     reason = f'a reshape with a transposition: {loc}'
     ctx.freeze_all(ins[0], _shape(eqn.invars[0]), reason)
     return [ctx.fresh(new_shape, reason)]
+  old_shape = _shape(eqn.invars[0])
+  if [d for d in old_shape if d != 1] == [d for d in new_shape if d != 1]:
+    return [_reshape_ones(ctx, ins[0], old_shape, new_shape)]
   parts = [f for n in ins[0] for f in axes.factors(n)]
   sizes = [d for d in new_shape if d != 1]
   try:
@@ -148,6 +151,21 @@ def reshape(ctx, eqn, ins, loc):
     matched = blob + matched
   it = iter(matched)
   return [tuple(next(it) if d != 1 else axes.new(1) for d in new_shape)]
+
+
+def _reshape_ones(ctx, nodes, old_shape, new_shape):
+  """A reshape that only adds or drops size-1 axes: axes matched from the minor end, so a
+  size-1 channel (a conv's single output and its bias reshaped to (1, 1, 1, 1)) is kept."""
+  out, i = [], len(old_shape) - 1
+  for d in reversed(new_shape):
+    while i >= 0 and old_shape[i] == 1 and d != 1:
+      i -= 1
+    if i >= 0 and old_shape[i] == d:
+      out.append(nodes[i])
+      i -= 1
+    else:
+      out.append(ctx.axes.new(d))
+  return tuple(reversed(out))
 
 
 def reduction(ctx, eqn, ins, loc):
@@ -281,22 +299,26 @@ def concatenate(ctx, eqn, ins, loc):
 
 
 def _slice_axis(ctx, node, start, stop, loc):
-  """The node of [start, stop) of an axis; a cut inside a concatenated segment freezes it."""
+  """The node of [start, stop) of an axis. A cut strictly inside a segment of a concatenation
+  freezes that segment: its channels would be split between two consumers at an offset that
+  moves when the segments before it shrink. A cut of an unconcatenated axis (a chunk) just
+  splits it into two groups."""
   axes = ctx.axes
+  before = []
+  if (axes.structure(node) or (None,))[0] == CAT:
+    pos = 0
+    for seg in axes.segments(node):
+      size = axes.size[axes.find(seg)]
+      before.append((seg, pos, size))
+      pos += size
   try:
-    part, misaligned = axes.segment(node, start, stop)
+    part, _ = axes.segment(node, start, stop)
   except Unrefinable as e:
     axes.freeze(node, f'{e} ({loc})')
     return ctx.fresh((stop - start,), f'{e} ({loc})')[0]
-  if misaligned:
-    reason = f'sliced off a concatenation segment boundary by {loc}'
-    pos = 0
-    for s in axes.segments(node):
-      size = axes.size[axes.find(s)]
-      if pos < stop and start < pos + size and not (start <= pos and pos + size <= stop):
-        axes.freeze(s, reason)
-      pos += size
-    axes.freeze(part, reason)
+  for seg, pos, size in before:
+    if pos < start < pos + size or pos < stop < pos + size:
+      axes.freeze(seg, f'sliced off a concatenation segment boundary by {loc}')
   return part
 
 
