@@ -316,3 +316,22 @@ def test_an_unsupported_primitive_freezes_the_channel_and_names_itself():
   groups = _groups(Unsupported(), X)
   assert groups['conv_a'].frozen_by[0].startswith('no channel rule for sort at Unsupported')
   assert groups['conv_b'].prunable
+
+
+def _summary(groups):
+  return [(g.name, g.size, g.frozen_by, [(e.leaf, e.axis, e.part) for e in g.entries])
+          for g in groups]
+
+
+def test_remat_and_jit_are_inlined():
+  model = TorchResNet()
+  variables = jax.eval_shape(model.init, jax.random.key(0), X)
+  plain = _summary(jg.analyze(model.apply, variables, X))
+  for wrap in (jax.checkpoint, jax.jit, lambda f: jax.jit(jax.checkpoint(f))):
+    got = _summary(jg.analyze(wrap(model.apply), variables, X))
+    assert [g[:2] + g[3:] for g in got] == [g[:2] + g[3:] for g in plain]
+  # A model that remats its block inside: the same groups as without.
+  remat = nn.remat(TorchResNet)()
+  names = [e.primitive.name for e in jax.make_jaxpr(remat.apply)(variables, X).jaxpr.eqns]
+  assert names == ['remat2']  # jax.checkpoint's primitive
+  assert _summary(jg.analyze(remat.apply, variables, X))[2:4] == plain[2:4]

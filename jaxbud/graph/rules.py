@@ -421,9 +421,6 @@ def interpret(ctx, jaxpr, consts_nodes, in_nodes, site='', prefix=''):
   for i, eqn in enumerate(jaxpr.eqns):
     name = eqn.primitive.name
     ins = [read(v) for v in eqn.invars]
-    for x in ins:
-      if id(x) in ctx.leaf_ids:
-        ctx.first_use.setdefault(ctx.leaf_ids[id(x)], len(ctx.first_use))
     eqn_site = f'{site}{i}'
     key = CALLS.get(name, '')
     callee = eqn.params.get(key) if key else None
@@ -436,6 +433,9 @@ def interpret(ctx, jaxpr, consts_nodes, in_nodes, site='', prefix=''):
       outs = interpret(ctx, inner, consts, ins, f'{eqn_site}/',
                        '/'.join(s for s in (prefix, stack) if s))
     else:
+      for x in ins:  # calls pass leaves on: their first use is inside
+        if id(x) in ctx.leaf_ids:
+          ctx.first_use.setdefault(ctx.leaf_ids[id(x)], len(ctx.first_use))
       loc = where(eqn, eqn_site, prefix)
       outs = RULES.get(name, unknown)(ctx, eqn, ins, loc)
     for v, n in zip(eqn.outvars, outs):
