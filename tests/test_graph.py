@@ -1,7 +1,5 @@
 """jaxbud.graph on jaxbud's own networks (golden: the hand-written slicing plan), the API's
 errors, and the regressions for the failures DepGraph's users report."""
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

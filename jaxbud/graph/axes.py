@@ -96,29 +96,24 @@ class Axes:
       return [n]
     return [q for p in s[1] for q in self.segments(p)]
 
-  def cut(self, n: int, offset: int) -> bool:
-    """Refines n so that `offset` is a segment boundary. Returns True if the cut fell strictly
-    inside a segment of an existing concatenation (a misaligned cut)."""
-    if offset <= 0 or offset >= self.size[self.find(n)]:
-      return False
+  def cut(self, n: int, offset: int):
+    """Refines n so that `offset` is a segment boundary (an atom becomes two segments)."""
     r = self.find(n)
+    if offset <= 0 or offset >= self.size[r]:
+      return
     s = self.struct[r]
     if s is None:
       self.struct[r] = (CAT, [self.new(offset), self.new(self.size[r] - offset)])
-      return False
+      return
     if s[0] != CAT:
       raise Unrefinable(f'a cut at offset {offset} splits a reshaped (product) axis')
     start = 0
     for p in s[1]:
       size = self.size[self.find(p)]
       if start < offset < start + size:
-        inner = self.structure(p)
-        if inner is None:
-          self.cut(p, offset - start)
-          return True
-        return self.cut(p, offset - start)
+        self.cut(p, offset - start)
+        return
       start += size
-    return False
 
   def boundaries(self, n: int) -> list:
     bounds, pos = [], 0
@@ -137,19 +132,19 @@ class Axes:
       self.cut(b, offset)
     return self.segments(a), self.segments(b)
 
-  def segment(self, n: int, start: int, stop: int):
-    """(node of n's range [start, stop), whether a cut was misaligned)."""
+  def segment(self, n: int, start: int, stop: int) -> int:
+    """The node of n's range [start, stop), cutting n at both ends."""
     if start == 0 and stop == self.size[self.find(n)]:
-      return n, False
-    bad = self.cut(n, start)
-    bad |= self.cut(n, stop)
+      return n
+    self.cut(n, start)
+    self.cut(n, stop)
     parts, pos = [], 0
     for p in self.segments(n):
       size = self.size[self.find(p)]
       if start <= pos and pos + size <= stop:
         parts.append(p)
       pos += size
-    return self.compose(CAT, parts), bad
+    return self.compose(CAT, parts)
 
   # Products -------------------------------------------------------------------------------
   def factors(self, n: int) -> list:
@@ -191,8 +186,10 @@ class Axes:
 
   def match_factors(self, parts: list, sizes: list):
     """Regroups the factor nodes `parts` (major first) into nodes of `sizes` (major first),
-    peeling from the minor end and splitting factors where they straddle. Returns the list of
-    nodes and how many of the (major) sizes could not be matched (their nodes are fresh)."""
+    peeling from the minor end and splitting factors where they straddle. Returns (nodes of
+    the matched minor sizes, how many major sizes were left unmatched, the parts left over,
+    the minor factors already matched into the first unmatched size). A reshape keeps what
+    matched (an NHWC flatten's channel) and freezes the rest."""
     parts, out = list(parts), []
     for t in reversed(sizes):
       acc, minor = 1, []
@@ -220,8 +217,8 @@ class Axes:
     """Equal-length factor lists of a and b with pairwise equal sizes, or Unrefinable."""
     fa, fb = self.factors(a), self.factors(b)
     sizes_b = [self.size[self.find(f)] for f in fb]
-    out, unmatched, _, _ = self.match_factors(fa, sizes_b)
-    if unmatched:
+    out, unmatched, rest, _ = self.match_factors(fa, sizes_b)
+    if unmatched or rest:
       raise Unrefinable('two reshapes of one axis have no common factors')
     return out, fb
 

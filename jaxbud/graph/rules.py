@@ -312,7 +312,7 @@ def _slice_axis(ctx, node, start, stop, loc):
       before.append((seg, pos, size))
       pos += size
   try:
-    part, _ = axes.segment(node, start, stop)
+    part = axes.segment(node, start, stop)
   except Unrefinable as e:
     axes.freeze(node, f'{e} ({loc})')
     return ctx.fresh((stop - start,), f'{e} ({loc})')[0]
