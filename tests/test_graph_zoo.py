@@ -335,3 +335,16 @@ def test_remat_and_jit_are_inlined():
   names = [e.primitive.name for e in jax.make_jaxpr(remat.apply)(variables, X).jaxpr.eqns]
   assert names == ['remat2']  # jax.checkpoint's primitive
   assert _summary(jg.analyze(remat.apply, variables, X))[2:4] == plain[2:4]
+
+
+class Constant(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    scale = np.linspace(0.5, 1.5, 4, dtype=np.float32)  # a per-channel constant
+    return head(conv(3, name='conv_b')(conv(4, name='conv_a')(x) * scale))
+
+
+def test_a_captured_constant_on_a_channel_axis_freezes_it():
+  groups = _groups(Constant(), X)
+  assert groups['conv_a'].frozen_by == ('a constant captured by the model',)
+  assert groups['conv_b'].prunable
