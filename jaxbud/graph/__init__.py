@@ -13,3 +13,5 @@ from jaxbud.graph.compact import select
 from jaxbud.graph.groups import Entry
 from jaxbud.graph.groups import Group
 from jaxbud.graph.groups import Groups
+from jaxbud.graph.saliency import fisher
+from jaxbud.graph.saliency import fisher_step

@@ -8,6 +8,7 @@ are frozen (image channels and logits cannot be pruned); variables the model ret
 (train-mode batch statistics under `mutable`) are unified with the variables they update.
 """
 import collections.abc
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -47,7 +48,7 @@ def _state_outputs(out_shape, var_paths):
   return found
 
 
-def _expand(axes, node):
+def expand(axes, node):
   """[(atom root, index array, part)] for the axis `node`: index[i] is the atom's channel at
   position i of the axis, or -1 where other atoms sit; part says where ('' for the whole axis,
   '[a:b]' for a segment, '(factor j of k)' for a factor of a product, nested left to right)."""
@@ -61,7 +62,7 @@ def _expand(axes, node):
     pos = 0
     for p in s[1]:
       psize = axes.size[axes.find(p)]
-      for atom, idx, part in _expand(axes, p):
+      for atom, idx, part in expand(axes, p):
         full = np.full(size, -1)
         full[pos:pos + psize] = idx
         out.append((atom, full, f'[{pos}:{pos + psize}]{part}'))
@@ -73,7 +74,7 @@ def _expand(axes, node):
   for j, (p, psize) in enumerate(zip(s[1], sizes)):
     stride //= psize
     digit = (flat // stride) % psize
-    for atom, idx, part in _expand(axes, p):
+    for atom, idx, part in expand(axes, p):
       out.append((atom, idx[digit], f'(factor {j + 1} of {len(sizes)}){part}'))
   return out
 
@@ -112,23 +113,65 @@ def _name(entries, used):
 _WINDOW = ('a convolution window', 'a pooling window')
 
 
-def analyze(apply_fn, variables, *args, **kwargs) -> Groups:
-  """The channel groups of `apply_fn(variables, *args, **kwargs)` (e.g. a linen `model.apply`
-  and its variables dict; keyword arguments such as train=True or mutable=['batch_stats'] are
-  passed through). Returns `Groups`; print it to see every group, its leaves and why a frozen
-  group is frozen."""
-  fn = lambda v, *a: apply_fn(v, *a, **kwargs)
-  closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(variables, *args)
-  var_leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
-  paths = [key_path(p) for p, _ in var_leaves]
-  shapes = [tuple(np.shape(v)) for _, v in var_leaves]
-  arg_shapes = [tuple(np.shape(a)) for a in jax.tree.leaves(args)]
+class Traced(NamedTuple):
+  """One traced call apply_fn(variables, *args, **kwargs): its closed jaxpr, whose inputs are the
+  variable leaves, the leaves of args, then the array leaves of kwargs (the rest of kwargs,
+  such as train=True, is static); and the shape of its outputs."""
+  closed: Any
+  out_shape: Any
+  var_paths: tuple
+  var_shapes: tuple
+  in_shapes: tuple  # of the non-variable inputs: args' leaves, then kwargs' array leaves
 
+
+def _is_array(x) -> bool:
+  return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+def inputs(variables, args, kwargs) -> list:
+  """The jaxpr inputs of a call, in the order `trace` gives them."""
+  return (jax.tree.leaves(variables) + jax.tree.leaves(args) +
+          [x for x in jax.tree.leaves(kwargs) if _is_array(x)])
+
+
+def trace(apply_fn, variables, args, kwargs) -> Traced:
+  kw_leaves, kw_tree = jax.tree.flatten(kwargs)
+  dynamic = [i for i, x in enumerate(kw_leaves) if _is_array(x)]
+
+  def fn(v, a, kw_arrays):
+    leaves = list(kw_leaves)
+    for i, x in zip(dynamic, kw_arrays):
+      leaves[i] = x
+    return apply_fn(v, *a, **jax.tree.unflatten(kw_tree, leaves))
+
+  closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(
+      variables, tuple(args), [kw_leaves[i] for i in dynamic])
+  var_leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+  n = len(var_leaves)
+  return Traced(closed, out_shape, tuple(key_path(p) for p, _ in var_leaves),
+                tuple(tuple(np.shape(v)) for _, v in var_leaves),
+                tuple(tuple(v.aval.shape) for v in closed.jaxpr.invars[n:]))
+
+
+class Analysis(NamedTuple):
+  """What `fisher` needs besides the groups: the propagation context (with every equation's
+  axis nodes recorded), the nodes of the non-variable inputs, and each group's atom."""
+  groups: Any
+  ctx: Any
+  in_nodes: list
+  atoms: dict  # {atom (union-find root): group name}
+
+
+def analyze_traced(traced: Traced, treedef, record: bool = False) -> Analysis:
+  closed, out_shape = traced.closed, traced.out_shape
+  paths, shapes = list(traced.var_paths), list(traced.var_shapes)
   axes = Axes()
   var_nodes = [tuple(axes.new(d) for d in s) for s in shapes]
   ctx = rules.Context(axes, var_nodes)
-  arg_nodes = [ctx.fresh(s) for s in arg_shapes]
-  for nodes, s in zip(arg_nodes, arg_shapes):
+  if record:
+    ctx.record = {}
+  arg_nodes = [ctx.fresh(s) for s in traced.in_shapes]
+  for nodes, s in zip(arg_nodes, traced.in_shapes):
     ctx.freeze_all(nodes, s, 'an input of the model', min_size=0)
   consts = [ctx.fresh(np.shape(c), 'a constant captured by the model') for c in closed.consts]
   outs = rules.interpret(ctx, closed.jaxpr, consts, var_nodes + arg_nodes)
@@ -148,14 +191,24 @@ def analyze(apply_fn, variables, *args, **kwargs) -> Groups:
     for axis, (node, d) in enumerate(zip(nodes, shape)):
       if d == 0:
         continue
-      for atom, idx, part in _expand(axes, node):
+      for atom, idx, part in expand(axes, node):
         by_atom.setdefault(atom, []).append(Entry(path, axis, idx, len(shape), part))
   order = lambda e: ctx.first_use.get(index[e.path], len(paths) + index[e.path])
-  used, groups = set(), []
+  used, groups, atoms = set(), [], {}
   for atom, entries in sorted(by_atom.items(), key=lambda kv: min(map(order, kv[1]))):
     entries = sorted(entries, key=order)
     reasons = tuple(axes.frozen.get(atom, ()))
     if reasons and all(r.startswith(_WINDOW) for r in reasons):
       continue  # the spatial axes of kernels: not channels
     groups.append(Group(_name(entries, used), axes.size[atom], tuple(entries), reasons))
-  return Groups(groups, treedef, paths, shapes)
+    atoms[atom] = groups[-1].name
+  return Analysis(Groups(groups, treedef, paths, shapes), ctx, arg_nodes, atoms)
+
+
+def analyze(apply_fn, variables, *args, **kwargs) -> Groups:
+  """The channel groups of `apply_fn(variables, *args, **kwargs)` (e.g. a linen `model.apply`
+  and its variables dict; keyword arguments such as train=True or mutable=['batch_stats'] are
+  passed through). Returns `Groups`; print it to see every group, its leaves and why a frozen
+  group is frozen."""
+  traced = trace(apply_fn, variables, args, kwargs)
+  return analyze_traced(traced, jax.tree.structure(variables)).groups

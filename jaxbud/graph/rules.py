@@ -30,6 +30,15 @@ class Context:
     # listed, and named after their producing kernel, in the order the program uses them.
     self.leaf_ids = {id(nodes): i for i, nodes in enumerate(leaves)}
     self.first_use = {}
+    # {equation site: (operand nodes, [(operand, axis, node contracted away)])} when not None:
+    # where `fisher` reads which equation consumes which channels (the part of an operand axis
+    # that a convolution or dot_general sums over, not the group factor it passes on).
+    self.record = None
+    self.site = None
+
+  def contracted(self, operand, axis, node):
+    if self.record is not None:
+      self.record.setdefault(self.site, ([], []))[1].append((operand, axis, node))
 
   def fresh(self, shape, reason=None):
     nodes = tuple(self.axes.new(d) for d in shape)
@@ -271,6 +280,8 @@ def conv(ctx, eqn, ins, loc):
   if g > 1:
     ctx.unify(g_in, g_out, loc)
   ctx.unify(per_in, rhs[rhs_spec[1]], loc)
+  ctx.contracted(0, lhs_spec[1], per_in)
+  ctx.contracted(1, rhs_spec[1], rhs[rhs_spec[1]])
   out[out_spec[1]] = rhs[rhs_spec[0]]
   return [tuple(out)]
 
@@ -280,6 +291,8 @@ def dot_general(ctx, eqn, ins, loc):
   lhs, rhs = ins
   for a, b in zip(lc, rc):
     ctx.unify(lhs[a], rhs[b], loc)
+    ctx.contracted(0, a, lhs[a])
+    ctx.contracted(1, b, rhs[b])
   for a, b in zip(lb, rb):
     ctx.unify(lhs[a], rhs[b], loc)
   free_l = [lhs[i] for i in range(len(lhs)) if i not in lc and i not in lb]
@@ -437,7 +450,10 @@ def interpret(ctx, jaxpr, consts_nodes, in_nodes, site='', prefix=''):
         if id(x) in ctx.leaf_ids:
           ctx.first_use.setdefault(ctx.leaf_ids[id(x)], len(ctx.first_use))
       loc = where(eqn, eqn_site, prefix)
+      ctx.site = eqn_site
       outs = RULES.get(name, unknown)(ctx, eqn, ins, loc)
+      if ctx.record is not None and eqn_site in ctx.record:
+        ctx.record[eqn_site][0].extend(ins)
     for v, n in zip(eqn.outvars, outs):
       env[v] = n
   return [read(v) for v in jaxpr.outvars]
