@@ -4,12 +4,15 @@ the masked network's logits and batch statistics, in eval and in train mode."""
 import functools
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxbud.graph as jg
+from jaxbud.graph import nnx_module as jg_nnx
+from tests import fast_compile
 from tests import graph_check
 
 BN = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
@@ -348,3 +351,91 @@ def test_a_captured_constant_on_a_channel_axis_freezes_it():
   groups = _groups(Constant(), X)
   assert groups['conv_a'].frozen_by == ('a constant captured by the model',)
   assert groups['conv_b'].prunable
+
+
+# flax.nnx ----------------------------------------------------------------------------------------
+
+class NnxCNN(nnx.Module):
+  """A residual nnx CNN: stem, a block (conv, BN, relu, conv, BN) added to the stream, head."""
+
+  def __init__(self, rngs, stem=6, inner=5):
+    conv = functools.partial(nnx.Conv, kernel_size=(3, 3), padding='SAME', use_bias=False,
+                             rngs=rngs)
+    self.stem = conv(2, stem)
+    self.stem_bn = nnx.BatchNorm(stem, momentum=0.9, rngs=rngs)
+    self.conv1 = conv(stem, inner)
+    self.bn1 = nnx.BatchNorm(inner, momentum=0.9, rngs=rngs)
+    self.conv2 = conv(inner, stem)
+    self.bn2 = nnx.BatchNorm(stem, momentum=0.9, rngs=rngs)
+    self.head = nnx.Linear(stem, 5, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.stem_bn(self.stem(x)))
+    y = self.bn2(self.conv2(nnx.relu(self.bn1(self.conv1(x)))))
+    return self.head(jnp.mean(nnx.relu(x + y), axis=(1, 2)))
+
+
+def _noisy_nnx(module, seed):
+  """Every Param and BatchStat redrawn as in graph_check.noisy_variables."""
+  _, variables = jg_nnx.functional(module)
+  rng = np.random.default_rng(seed)
+  noisy = jax.tree_util.tree_map_with_path(
+      lambda p, v: jnp.asarray(
+          (float(jax.tree_util.keystr(p).endswith(("'scale']", "'var']"))) +
+           0.5 * rng.uniform(-1, 1, v.shape) / np.sqrt(max(np.prod(v.shape[:-1]), 1))
+           ).astype(np.float32)), variables)
+  return jg_nnx.update(module, noisy)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_an_nnx_module_compacted_in_place_gives_the_masked_modules_outputs(train):
+  module = _noisy_nnx(nnx.eval_shape(lambda: NnxCNN(nnx.Rngs(0))), 3)
+  module.train() if train else module.eval()
+  groups = jg.analyze(module, X)
+  assert [(g.name, g.size) for g in groups.prunable] == [('stem', 6), ('conv1', 5)]
+  assert {e.leaf for e in groups['stem'].entries} >= {
+      'params/stem/kernel', 'batch_stats/stem_bn/mean', 'params/conv2/kernel',
+      'batch_stats/bn2/var', 'params/head/kernel'}
+  for seed in (0, 1):
+    keep = graph_check.random_keep(groups, seed)
+    masked = nnx.clone(module)
+    _, variables = jg_nnx.functional(masked)
+    jg_nnx.update(masked, jax.tree.map(jnp.multiply, variables, jg.masks(groups, keep)))
+    small = jg.compact(groups, nnx.clone(module), keep)
+    assert small.widths == {'stem': len(keep['stem']), 'conv1': len(keep['conv1']),
+                            'params/stem/kernel:2': 2, 'head': 5}
+    assert small.module.conv1.kernel[...].shape == (3, 3, len(keep['stem']), len(keep['conv1']))
+    # Run through the functional form of the (updated) modules, jitted: logits and statistics.
+    got = fast_compile.run(lambda v: jg_nnx.functional(small.module)[0](v, X),
+                           jg_nnx.functional(small.module)[1])
+    want = fast_compile.run(lambda v: jg_nnx.functional(masked)[0](v, X),
+                            jg_nnx.functional(masked)[1])
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5, rtol=1e-5)
+    small_stats = jg.compact(groups, {'params': variables['params'], **want[1]}, keep)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                 got[1]['batch_stats'], small_stats.variables['batch_stats'])
+    if train:  # the statistics moved: the comparison above compared something
+      assert np.abs(want[1]['batch_stats']['bn1']['mean'] -
+                    variables['batch_stats']['bn1']['mean']).max() > 1e-3
+
+
+def test_an_nnx_modules_optimizer_state_is_sliced_and_fisher_scores_its_groups():
+  import optax  # pylint: disable=g-import-not-at-top
+  module = _noisy_nnx(nnx.eval_shape(lambda: NnxCNN(nnx.Rngs(0))), 4)
+  groups = jg.analyze(module, X)
+  opt_state = optax.sgd(0.1, momentum=0.9).init(nnx.state(module, nnx.Param))
+  keep = {'conv1': np.array([1, 3])}
+  small = jg.compact(groups, module, keep, opt_state=opt_state)
+  assert small.module is module and module.conv1.kernel[...].shape == (3, 3, 6, 2)
+  assert small.opt_state[0].trace['conv1']['kernel'][...].shape == (3, 3, 6, 2)
+  assert small.opt_state[0].trace['conv2']['kernel'][...].shape == (3, 3, 2, 6)
+  assert small.opt_state[0].trace['bn1']['scale'][...].shape == (2,)
+  # Fisher through the functional form: apply returns (logits, {'batch_stats': ...}).
+  apply_fn, variables = jg_nnx.functional(module)
+  labels = jnp.array([0, 1, 2])
+  scores = fast_compile.run(lambda v: jg.fisher(
+      apply_fn, v, X, lambda apply, x: optax.softmax_cross_entropy_with_integer_labels(
+          apply(x)[0], labels).mean()),
+                            variables)
+  assert {k: v.shape for k, v in scores.items()} == {'stem': (6,), 'conv1': (2,)}
+  assert all(float(v.min()) > 0 for v in scores.values())

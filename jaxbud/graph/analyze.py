@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxbud.graph import nnx_module
 from jaxbud.graph import rules
 from jaxbud.graph.axes import Axes
 from jaxbud.graph.axes import CAT
@@ -209,6 +210,10 @@ def analyze(apply_fn, variables, *args, **kwargs) -> Groups:
   """The channel groups of `apply_fn(variables, *args, **kwargs)` (e.g. a linen `model.apply`
   and its variables dict; keyword arguments such as train=True or mutable=['batch_stats'] are
   passed through). Returns `Groups`; print it to see every group, its leaves and why a frozen
-  group is frozen."""
+  group is frozen. A flax.nnx module is analysed as `analyze(module, *args)`
+  (`nnx_module.functional`): leaves are named ('params', ...) and ('batch_stats', ...)."""
+  if nnx_module.is_nnx(apply_fn):
+    args = (variables,) + args
+    apply_fn, variables = nnx_module.functional(apply_fn)
   traced = trace(apply_fn, variables, args, kwargs)
   return analyze_traced(traced, jax.tree.structure(variables)).groups

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbud.errors import UsageError
+from jaxbud.graph import nnx_module
 from jaxbud.graph.analyze import key_path
 
 
@@ -87,7 +88,15 @@ def compact(groups, variables, keep: dict, opt_state=None, factory=None) -> Comp
   """Removes the channels not in `keep` from the variables and from `opt_state` (any optax
   state whose sub-trees are laid out like the params: a leaf is sliced when its path ends with
   a params path and it has that param's shape). With `factory(widths) -> module`, also builds
-  the smaller module, `widths` being {group name: channels left} for every group."""
+  the smaller module, `widths` being {group name: channels left} for every group.
+
+  Given a flax.nnx module (analysed as `analyze(module, x)`) instead of variables, slices its
+  Param and BatchStat arrays and writes them back with `nnx.update`: the module itself is then
+  the smaller network (`module`); its attributes such as `out_features` keep their old values,
+  so read widths from `widths` or the arrays."""
+  nnx_target = None
+  if nnx_module.is_nnx(variables):
+    nnx_target, variables = variables, nnx_module.functional(variables)[1]
   axis_masks = _axis_masks(groups, keep)
   plan = {}
   for (path, axis), m in axis_masks.items():
@@ -107,6 +116,8 @@ def compact(groups, variables, keep: dict, opt_state=None, factory=None) -> Comp
 
     def slice_like_params(path, leaf):
       keys = key_path(path)
+      if keys and keys[-1] == 'value' and nnx_target is not None:
+        keys = keys[:-1]  # an nnx Variable's array
       for k in range(len(keys)):
         hit = params.get(keys[k:])
         if hit and tuple(np.shape(leaf)) == hit[0]:
@@ -116,6 +127,8 @@ def compact(groups, variables, keep: dict, opt_state=None, factory=None) -> Comp
     opt_state = jax.tree_util.tree_map_with_path(slice_like_params, opt_state)
   keep = check_keep(groups, keep)
   widths = {g.name: len(keep[g.name]) if g.name in keep else g.size for g in groups}
+  if nnx_target is not None:
+    return Compacted(small, opt_state, nnx_module.update(nnx_target, small), widths)
   return Compacted(small, opt_state, factory(widths) if factory else None, widths)
 
 
