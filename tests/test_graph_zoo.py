@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import jaxbud.graph as jg
+from jaxbud.errors import UsageError
 from jaxbud.graph import nnx_module as jg_nnx
 from tests import fast_compile
 from tests import graph_check
@@ -439,3 +440,71 @@ def test_an_nnx_modules_optimizer_state_is_sliced_and_fisher_scores_its_groups()
                             variables)
   assert {k: v.shape for k, v in scores.items()} == {'stem': (6,), 'conv1': (2,)}
   assert all(float(v.min()) > 0 for v in scores.values())
+
+
+# The compacted program (linen without a factory) -----------------------------------------------
+
+class ConcatSlice(nn.Module):
+  """A concatenation sliced back on its boundary with x[..., a:b] (`slice`, whose offsets move
+  when the first segment shrinks)."""
+  a: int = 4
+  b: int = 5
+  out: int = 3
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    c = nn.relu(jnp.concatenate([conv(self.a, name='conv_a')(x), conv(self.b, name='conv_b')(x)],
+                                -1))
+    p, q = c[..., :self.a], c[..., self.a:]
+    return head(conv(self.out, name='conv_p')(p) * conv(self.out, name='conv_q')(q))
+
+
+def _wrn():
+  from jaxbud import models  # pylint: disable=g-import-not-at-top
+  from jaxbud import spec as spec_lib  # pylint: disable=g-import-not-at-top
+  return models.build(spec_lib.wrn(10, 1, in_channels=2), 5)
+
+
+PROGRAMS = {  # model, train mode
+    'mobilenet_v2': (lambda: ZOO['mobilenet_v2'][0], True),   # depthwise: feature_group_count
+    'resnext': (lambda: ZOO['resnext'][0], False),            # grouped: whole groups can go
+    'vgg': (lambda: ZOO['vgg'][0], False),                    # flatten: reshape new_sizes
+    'concat_slice': (ConcatSlice, False),                     # slice offsets
+    'jaxbud_wrn': (_wrn, True),                               # custom-VJP batch norm inlined
+}
+
+
+@pytest.mark.parametrize('name', sorted(PROGRAMS))
+def test_the_compacted_program_gives_the_masked_networks_outputs(name):
+  make, train = PROGRAMS[name]
+  model = make()
+  variables = graph_check.noisy_variables(model, X)
+  kwargs = {'train': True} if train else {}
+  if train and 'batch_stats' in variables:
+    kwargs['mutable'] = ['batch_stats']
+  groups = jg.analyze(model.apply, variables, X, **kwargs)
+  keep = graph_check.random_keep(groups, 2)
+  masked = jax.tree.map(jnp.multiply, variables, jg.masks(groups, keep))
+  small = jg.compact(groups, variables, keep)
+  assert small.module is None and small.apply is not None
+  got = fast_compile.run(lambda v: small.apply(v, X, **kwargs), small.variables)
+  want = fast_compile.run(lambda v: model.apply(v, X, **kwargs), masked)
+  if 'mutable' in kwargs:
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5, rtol=1e-5)
+    updated = {**masked, 'batch_stats': want[1]['batch_stats']}
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+                 got[1]['batch_stats'], jg.compact(groups, updated, keep).variables['batch_stats'])
+  else:
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  # Something was removed: the program really ran at smaller shapes.
+  assert sum(np.size(v) for v in jax.tree.leaves(small.variables)) < sum(
+      np.size(v) for v in jax.tree.leaves(variables))
+
+
+def test_the_compacted_program_runs_the_analysed_call_only():
+  model = ZOO['torch_resnet'][0]
+  variables = jax.eval_shape(model.init, jax.random.key(0), X)
+  groups = jg.analyze(model.apply, variables, X)
+  small = jg.compact(groups, jax.tree.map(jnp.zeros_like, variables), {'conv1': [0, 2]})
+  with pytest.raises(UsageError, match='the compacted program runs the call that was analysed'):
+    small.apply(small.variables, X, train=True)

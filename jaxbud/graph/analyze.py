@@ -123,6 +123,8 @@ class Traced(NamedTuple):
   var_paths: tuple
   var_shapes: tuple
   in_shapes: tuple  # of the non-variable inputs: args' leaves, then kwargs' array leaves
+  kw_tree: Any = None
+  kw_static: list = ()  # the kwargs leaves that are not arrays (train=True, 'batch_stats')
 
 
 def _is_array(x) -> bool:
@@ -151,7 +153,8 @@ def trace(apply_fn, variables, args, kwargs) -> Traced:
   n = len(var_leaves)
   return Traced(closed, out_shape, tuple(key_path(p) for p, _ in var_leaves),
                 tuple(tuple(np.shape(v)) for _, v in var_leaves),
-                tuple(tuple(v.aval.shape) for v in closed.jaxpr.invars[n:]))
+                tuple(tuple(v.aval.shape) for v in closed.jaxpr.invars[n:]), kw_tree,
+                [x for x in kw_leaves if not _is_array(x)])
 
 
 class Analysis(NamedTuple):
@@ -216,4 +219,6 @@ def analyze(apply_fn, variables, *args, **kwargs) -> Groups:
     args = (variables,) + args
     apply_fn, variables = nnx_module.functional(apply_fn)
   traced = trace(apply_fn, variables, args, kwargs)
-  return analyze_traced(traced, jax.tree.structure(variables)).groups
+  analysis = analyze_traced(traced, jax.tree.structure(variables), record=True)
+  analysis.groups.source = (traced, analysis)  # for the compacted program
+  return analysis.groups

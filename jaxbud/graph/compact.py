@@ -17,6 +17,7 @@ import numpy as np
 from jaxbud.errors import UsageError
 from jaxbud.graph import nnx_module
 from jaxbud.graph.analyze import key_path
+from jaxbud.graph.program import Program
 
 
 def _frozen_error(g) -> UsageError:
@@ -80,8 +81,11 @@ def _take(leaf, slices):
 class Compacted(NamedTuple):
   variables: Any
   opt_state: Any
-  module: Any      # factory(widths), or None without a factory
+  module: Any      # factory(widths); the nnx module, updated; else None
   widths: dict     # {group name: channels left}
+  # Runs the smaller network: (variables, *args, **kwargs) -> outputs. module.apply with a
+  # factory; without one (linen), the compacted program of the analysed call (jg.program).
+  apply: Any = None
 
 
 def compact(groups, variables, keep: dict, opt_state=None, factory=None) -> Compacted:
@@ -128,8 +132,13 @@ def compact(groups, variables, keep: dict, opt_state=None, factory=None) -> Comp
   keep = check_keep(groups, keep)
   widths = {g.name: len(keep[g.name]) if g.name in keep else g.size for g in groups}
   if nnx_target is not None:
-    return Compacted(small, opt_state, nnx_module.update(nnx_target, small), widths)
-  return Compacted(small, opt_state, factory(widths) if factory else None, widths)
+    module = nnx_module.update(nnx_target, small)
+    return Compacted(small, opt_state, module, widths, nnx_module.functional(module)[0])
+  if factory is not None:
+    module = factory(widths)
+    return Compacted(small, opt_state, module, widths, getattr(module, 'apply', None))
+  apply = Program(*groups.source, keep) if groups.source is not None else None
+  return Compacted(small, opt_state, None, widths, apply)
 
 
 def select(groups, scores: dict, n: int) -> dict:

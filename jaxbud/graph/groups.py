@@ -59,6 +59,7 @@ class Groups:
     self.groups = tuple(groups)
     self.treedef, self.paths, self.shapes = treedef, tuple(paths), tuple(shapes)
     self._by_name = {g.name: g for g in self.groups}
+    self.source = None  # (traced call, analysis) where analyze made them: the program to compact
 
   def __len__(self):
     return len(self.groups)

@@ -30,15 +30,15 @@ class Context:
     # listed, and named after their producing kernel, in the order the program uses them.
     self.leaf_ids = {id(nodes): i for i, nodes in enumerate(leaves)}
     self.first_use = {}
-    # {equation site: (operand nodes, [(operand, axis, node contracted away)])} when not None:
-    # where `fisher` reads which equation consumes which channels (the part of an operand axis
-    # that a convolution or dot_general sums over, not the group factor it passes on).
+    # {equation site: (operand nodes, result nodes, [(operand, axis, node summed over)])}
+    # when not None: `fisher` reads from it which equation consumes which channels (the part
+    # of an operand axis a convolution or dot_general sums over, not the group factor it
+    # passes on), and the compacted program the new shape of every value.
     self.record = None
-    self.site = None
+    self._summed = []
 
   def contracted(self, operand, axis, node):
-    if self.record is not None:
-      self.record.setdefault(self.site, ([], []))[1].append((operand, axis, node))
+    self._summed.append((operand, axis, node))
 
   def fresh(self, shape, reason=None):
     nodes = tuple(self.axes.new(d) for d in shape)
@@ -450,10 +450,10 @@ def interpret(ctx, jaxpr, consts_nodes, in_nodes, site='', prefix=''):
         if id(x) in ctx.leaf_ids:
           ctx.first_use.setdefault(ctx.leaf_ids[id(x)], len(ctx.first_use))
       loc = where(eqn, eqn_site, prefix)
-      ctx.site = eqn_site
+      ctx._summed = []  # pylint: disable=protected-access
       outs = RULES.get(name, unknown)(ctx, eqn, ins, loc)
-      if ctx.record is not None and eqn_site in ctx.record:
-        ctx.record[eqn_site][0].extend(ins)
+      if ctx.record is not None:
+        ctx.record[eqn_site] = (ins, outs, ctx._summed)  # pylint: disable=protected-access
     for v, n in zip(eqn.outvars, outs):
       env[v] = n
   return [read(v) for v in jaxpr.outvars]

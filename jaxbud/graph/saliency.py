@@ -49,7 +49,7 @@ def gate_sites(analysis, names) -> dict:
   batch = axes.find(analysis.in_nodes[0][0])
   wanted = {a: n for a, n in analysis.atoms.items() if n in names}
   sites = {}
-  for site, (ins, contracted) in ctx.record.items():
+  for site, (ins, _, contracted) in ctx.record.items():
     by_operand = {}
     for k, axis, node in contracted:
       by_operand.setdefault(k, []).append((axis, {axes.find(a) for a in axes.atoms(node)}))
