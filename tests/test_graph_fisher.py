@@ -173,6 +173,8 @@ def test_fisher_errors_say_what_is_wrong():
   with pytest.raises(UsageError, match="groups names 'conv9'"):
     jax.eval_shape(lambda v: jg.fisher(model.apply, v, x, lambda apply, b: apply(b).sum(),
                                        groups=['conv9']), variables)
+  with pytest.raises(UsageError, match='for an nnx module pass'):
+    jg.fisher_step(zoo.nnx.eval_shape(lambda: zoo.NnxCNN(zoo.nnx.Rngs(0))), lambda a, b: 0.)
   with pytest.raises(UsageError, match='no channel group of this model can be pruned'):
     frozen = zoo.X[..., :1]
     m = __import__('tests.test_graph', fromlist=['_Frozen'])._Frozen()

@@ -2,8 +2,12 @@
 
     import jaxbud.graph as jg
     groups = jg.analyze(model.apply, variables, images)  # print(groups) shows every group
+    scores = jg.fisher(model.apply, variables, batch, loss_fn)   # per group and channel
     keep = jg.select(groups, scores, n=32)                # global lowest-first
     small = jg.compact(groups, variables, keep, opt_state=opt_state, factory=make_model)
+    small.apply(small.variables, images)                  # or, without a factory, the program
+
+An nnx module: jg.analyze(module, images), jg.compact(groups, module, keep) (in place).
 """
 from jaxbud.graph.analyze import analyze
 from jaxbud.graph.compact import compact

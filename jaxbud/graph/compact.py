@@ -6,7 +6,8 @@
   leaf that holds a channel not kept. Multiplying the variables by them gives the masked
   network; it computes what the compacted one does (docs/any_model.md says why).
 - `compact(groups, variables, keep, ...)`: the variables (and optimizer state laid out like the
-  params) with those positions removed, and the smaller module from a user factory.
+  params) with those positions removed, and what runs the smaller network: the module from a
+  user factory, the nnx module updated in place, or else the compacted program (`program`).
 """
 from typing import Any, NamedTuple
 

@@ -32,6 +32,7 @@ from jaxbud.graph.analyze import analyze_traced
 from jaxbud.graph.analyze import expand
 from jaxbud.graph.analyze import inputs
 from jaxbud.graph.analyze import trace
+from jaxbud.graph import nnx_module
 from jaxbud.graph import rules
 
 _REMAT = ('remat', 'remat2', 'checkpoint')
@@ -207,6 +208,9 @@ def fisher_step(apply_fn, loss_fn, groups=None, has_aux=False):
   0.5 * mean_n g_nc^2} for the prunable groups (those of `groups`, a `Groups` or names, when
   given). Accumulate it over steps by summing, as `prune.make_prune_step` does."""
   names = _names(groups)
+  if nnx_module.is_nnx(apply_fn):
+    raise UsageError('fisher takes (apply_fn, variables); for an nnx module pass '
+                     '*jaxbud.graph.nnx_module.functional(module) instead of the module')
 
   def step(variables, batch):
     calls = []
