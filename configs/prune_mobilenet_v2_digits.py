@@ -62,7 +62,7 @@ def get_config(arg=None):
   c.train = ml_collections.ConfigDict(dict(steps=300, lr=0.05, batch_size=64))
   c.prune = ml_collections.ConfigDict(dict(
       rounds=24,        # removals
-      prune_every=5,    # steps of Fisher accumulated per removal
-      per_round=4,      # channels removed per removal (96 of the 144 prunable)
+      prune_every=10,   # steps of Fisher accumulated per removal
+      per_round=2,      # channels removed per removal (48 of the 144 prunable)
       lr=0.01, batch_size=64))
   return c
