@@ -18,6 +18,9 @@ Inputs are random uint8 images; the data pipeline is not part of any figure.
           mode, SGD momentum with coupled weight decay), state donated.
 - fisher: `prune.make_prune_step` on `prune.init_prune_state` (the Fisher accumulator): the
           train step plus per-example (N, C) channel gates and the accumulated Fisher saliency.
+- graph_fisher: `jaxbud.graph.step.make_prune_step`, the same step for any module: no gate in
+          the model, the groups read from the jaxpr, the Fisher saliency of the same layers
+          (the spec's prunable ones) from `jaxbud.graph.fisher_step` (docs/any_model.md).
 
 FLOP convention: XLA's `cost_analysis()['flops']` counts a multiply-add as 2 flops, so for
 inference `xla_flops ~= 2 * batch * macs` (the spec's count_macs) plus the small elementwise
@@ -52,7 +55,8 @@ from jaxbud import spec as spec_lib
 from jaxbud import train as train_lib
 from jaxbud.errors import UsageError
 
-MODES = ('infer', 'train', 'fisher')
+MODES = ('infer', 'train', 'fisher', 'graph_fisher')
+FISHER_MODES = ('fisher', 'graph_fisher')  # steps with a saliency, reported against train's
 DTYPES = train_lib.DTYPES
 SPEC_FORMS = ("a name like 'wrn-40-2', 'wrn-16-1', 'densenet_bc-100-12', 'resnet-50', "
               "a spec.json file, a folder holding spec.json (a snapshot or train workdir), "
@@ -382,6 +386,20 @@ def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None
       args = (ps, batch)
       compiled, cs = _compile(step, args, donate=0, options=options)
       cases.append(_Case(mode, compiled, args, cs, stateful=True))
+    elif mode == 'graph_fisher':
+      from jaxbud import graph  # pylint: disable=g-import-not-at-top
+      from jaxbud.graph import step as graph_step  # pylint: disable=g-import-not-at-top
+      variables = {'params': state.params, 'batch_stats': state.batch_stats}
+      x = jnp.zeros((batch_size, *image_shape), model.dtype)
+      groups = graph.analyze(model.apply, variables, x, train=True, mutable=['batch_stats'])
+      hand = [g for g in groups.prunable if g.name in spec.prunable_names]
+      step = graph_step.make_prune_step(model.apply, tx, ds, crop_pad=crop_pad, flip=True,
+                                        dtype=model.dtype, groups=[g.name for g in hand])
+      ps = jax.jit(lambda s: graph_step.init_state(s, hand),
+                   out_shardings=repl)(jax.tree.map(jnp.copy, state))
+      args = (ps, batch)
+      compiled, cs = _compile(step, args, donate=0, options=options)
+      cases.append(_Case(mode, compiled, args, cs, stateful=True))
   return cases, devices_used
 
 
@@ -407,7 +425,7 @@ def _pipelined_fields(pipe: dict, mode: str, batch_size: int, steps: int, repeat
   return {'pipelined_s': sec, 'pipelined_steps': steps if sec else None,
           'pipelined_repeats': repeats if sec else None,
           'pipelined_images_per_s': batch_size / sec if sec else None,
-          'pipelined_vs_train': (sec / pipe['train'] if sec and mode == 'fisher'
+          'pipelined_vs_train': (sec / pipe['train'] if sec and mode in FISHER_MODES
                                  and 'train' in pipe else None)}
 
 
@@ -432,7 +450,7 @@ def check_settings(modes, batch_sizes, dtypes, repeats, warmup, image_size, num_
 
 
 def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',),
-               modes=MODES, repeats: int = 5, warmup: int = 1, image_size: int = 0,
+               modes=MODES[:3], repeats: int = 5, warmup: int = 1, image_size: int = 0,
                num_classes: int = 0, peaks: dict | None = None, xla_options: str = '',
                primed: bool = True, pipelined_steps: int = 0, pipelined_repeats: int = 3,
                log=print) -> list[dict]:
@@ -465,7 +483,7 @@ def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',
             'compile_s': c.compile_s, 'median_s': med, 'min_s': min(c.times),
             'max_s': max(c.times), 'spread': (max(c.times) - min(c.times)) / med,
             'images_per_s': b / med,
-            'vs_train': (med / medians['train'] if c.mode == 'fisher' and 'train' in medians
+            'vs_train': (med / medians['train'] if c.mode in FISHER_MODES and 'train' in medians
                          else None),
             'xla_flops': flops,
             'xla_flops_over_2macs': (flops / (2 * b * macs)
@@ -534,7 +552,7 @@ def write(rows: list[dict], out_dir: str, name: str = 'bench') -> tuple[str, str
 
 
 _COLUMNS = (  # (header, key, width, format spec); '<' marks left-aligned text columns
-    ('spec', 'spec', 22, '<'), ('mode', 'mode', 6, '<'), ('batch', 'batch_size', 5, ''),
+    ('spec', 'spec', 22, '<'), ('mode', 'mode', 12, '<'), ('batch', 'batch_size', 5, ''),
     ('dtype', 'dtype', 8, '<'), ('params', 'params', 10, ','),
     ('compile_s', 'compile_s', 9, '.2f'), ('median_s', 'median_s', 9, '.4f'),
     ('min_s', 'min_s', 8, '.4f'), ('max_s', 'max_s', 8, '.4f'),
@@ -565,9 +583,10 @@ def format_table(rows: list[dict], header: bool = True, columns=_COLUMNS) -> str
 
 def fisher_overheads(rows: list[dict]) -> list[str]:
   """One line per Fisher row: its step time against the plain train step's."""
-  return [f'Fisher step vs train step, {r["spec"]} batch {r["batch_size"]} {r["dtype"]}: '
+  what = {'fisher': 'Fisher step', 'graph_fisher': 'Generic Fisher step (jaxbud.graph)'}
+  return [f'{what[r["mode"]]} vs train step, {r["spec"]} batch {r["batch_size"]} {r["dtype"]}: '
           f'{r["vs_train"]:.3f}x ({(r["vs_train"] - 1):+.1%})'
-          for r in rows if r['mode'] == 'fisher' and r.get('vs_train')]
+          for r in rows if r['mode'] in FISHER_MODES and r.get('vs_train')]
 
 
 # --- PyTorch peer (scripts/torch_peer.py run as a subprocess, same machine, same run) ---

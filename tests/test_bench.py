@@ -229,3 +229,16 @@ def test_host_cpu_names_the_model_and_its_numbers(tmp_path, monkeypatch):
   monkeypatch.setattr('builtins.open', lambda *a, **k: (_ for _ in ()).throw(OSError('no')))
   monkeypatch.setattr('platform.processor', lambda: 'x86_64')
   assert bench.host_cpu() == 'x86_64'
+
+
+def test_the_generic_fisher_step_is_timed_beside_the_train_step():
+  """launch.bench's graph_fisher mode: jaxbud.graph's Fisher step on the same network (no gate
+  in the model), reported against the train step like the hand-gated one."""
+  rows = bench.bench_spec(bench.parse_spec('wrn-10-1'), batch_sizes=(2,), repeats=1, warmup=0,
+                          image_size=8, modes=('train', 'graph_fisher'), peaks={}, log=None)
+  train, generic = rows
+  assert generic['mode'] == 'graph_fisher' and generic['params'] == train['params']
+  assert generic['vs_train'] == pytest.approx(generic['median_s'] / train['median_s'])
+  (line,) = bench.fisher_overheads(rows)
+  assert line.startswith('Generic Fisher step (jaxbud.graph) vs train step, wrn-10-1 batch 2 ')
+  assert 'graph_fisher' in bench.format_table(rows)

@@ -180,3 +180,34 @@ def test_fisher_errors_say_what_is_wrong():
     m = __import__('tests.test_graph', fromlist=['_Frozen'])._Frozen()
     v = jax.eval_shape(m.init, jax.random.key(0), frozen)
     jax.eval_shape(lambda v: jg.fisher(m.apply, v, frozen, lambda apply, b: apply(b).sum()), v)
+
+
+def test_the_generic_prune_step_is_the_hand_gated_one():
+  """graph.step.make_prune_step against prune.make_prune_step on WRN-10-1 for three steps (same
+  crops, flips, SGD update): the same parameters and the same accumulated Fisher sums."""
+  from jaxbud import data  # pylint: disable=g-import-not-at-top
+  from jaxbud.graph import step as graph_step  # pylint: disable=g-import-not-at-top
+  spec = spec_lib.wrn(10, 1, in_channels=1)
+  model = models.build(spec, 10)
+  ds = data.synthetic(train_size=8, test_size=1, image_size=8, channels=1)
+  tx = optax.sgd(0.05, momentum=0.9)
+  state = train.create_state(model, tx, jax.random.key(0), (8, 8, 1))
+  groups = jg.analyze(model.apply, {'params': state.params, 'batch_stats': state.batch_stats},
+                      jnp.zeros((4, 8, 8, 1)), train=True, mutable=['batch_stats'])
+  hand_groups = [g for g in groups.prunable if g.name in spec.prunable_names]
+  hand = jax.jit(prune.make_prune_step(model, tx, ds, crop_pad=1, flip=True))
+  generic = jax.jit(graph_step.make_prune_step(model.apply, tx, ds, crop_pad=1, flip=True,
+                                               groups=[g.name for g in hand_groups]))
+  a = prune.init_prune_state(state, spec)
+  b = graph_step.init_state(state, hand_groups)
+  for i in range(3):
+    batch = {'image': ds.train_images[4 * (i % 2):4 * (i % 2) + 4],
+             'label': jnp.asarray(ds.train_labels[4 * (i % 2):4 * (i % 2) + 4])}
+    a, ma = hand(a, batch)
+    b, mb = generic(b, batch)
+    np.testing.assert_allclose(mb['train_loss'], ma['train_loss'], rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(b.train.params), jax.tree.leaves(a.train.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  for name in spec.prunable_names:
+    np.testing.assert_allclose(b.fisher[name], a.stats['fisher'][name],
+                               rtol=1e-4, atol=1e-6 * float(np.max(a.stats['fisher'][name])))
