@@ -56,6 +56,7 @@ from jaxbud import train as train_lib
 from jaxbud.errors import UsageError
 
 MODES = ('infer', 'train', 'fisher', 'graph_fisher')
+DEFAULT_MODES = MODES[:3]  # graph_fisher on request: it compares jaxbud.graph's step
 FISHER_MODES = ('fisher', 'graph_fisher')  # steps with a saliency, reported against train's
 DTYPES = train_lib.DTYPES
 SPEC_FORMS = ("a name like 'wrn-40-2', 'wrn-16-1', 'densenet_bc-100-12', 'resnet-50', "
@@ -450,7 +451,7 @@ def check_settings(modes, batch_sizes, dtypes, repeats, warmup, image_size, num_
 
 
 def bench_spec(named: NamedSpec, *, batch_sizes=(1, 32, 128), dtypes=('float32',),
-               modes=MODES[:3], repeats: int = 5, warmup: int = 1, image_size: int = 0,
+               modes=DEFAULT_MODES, repeats: int = 5, warmup: int = 1, image_size: int = 0,
                num_classes: int = 0, peaks: dict | None = None, xla_options: str = '',
                primed: bool = True, pipelined_steps: int = 0, pipelined_repeats: int = 3,
                log=print) -> list[dict]:

@@ -29,7 +29,7 @@ def _driver():
 def test_config_covers_both_networks_dtypes_and_modes():
   b = bench_gpu.get_config().bench
   assert [bench.parse_spec(s).label for s in b.specs] == ['wrn-40-2', 'densenet_bc-100-12']
-  assert tuple(b.dtypes) == ('float32', 'bfloat16') and tuple(b.modes) == bench.MODES
+  assert tuple(b.dtypes) == ('float32', 'bfloat16') and tuple(b.modes) == bench.DEFAULT_MODES
   with pytest.raises(ValueError, match="no argument or ':smoke'"):
     bench_gpu.get_config('tiny')
 
