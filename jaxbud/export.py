@@ -38,8 +38,15 @@ def input_spec(net: inference.Network, batch: str = 'batch') -> jax.ShapeDtypeSt
 
 def stablehlo(net: inference.Network, platforms=PLATFORMS) -> bytes:
   """The serialized jax.export artifact of `net.apply` (weights embedded as constants)."""
-  exported = jax.export.export(jax.jit(net.apply), platforms=platforms)(input_spec(net))
-  return bytes(exported.serialize())
+  return serialize(net.apply, net.input_shape, platforms)
+
+
+def serialize(fn, image_shape, platforms=PLATFORMS) -> bytes:
+  """The serialized jax.export artifact of `fn` on uint8 (batch, *image_shape) images, the
+  batch symbolic: any network's forward pass, e.g. one `jaxbud.graph` compacted."""
+  (b,) = jax.export.symbolic_shape('batch')
+  images = jax.ShapeDtypeStruct((b, *image_shape), jnp.uint8)
+  return bytes(jax.export.export(jax.jit(fn), platforms=platforms)(images).serialize())
 
 
 def onnx_model(net: inference.Network, opset: int = DEFAULT_OPSET):
