@@ -180,6 +180,24 @@ def test_fisher_errors_say_what_is_wrong():
     m = __import__('tests.test_graph', fromlist=['_Frozen'])._Frozen()
     v = jax.eval_shape(m.init, jax.random.key(0), frozen)
     jax.eval_shape(lambda v: jg.fisher(m.apply, v, frozen, lambda apply, b: apply(b).sum()), v)
+  # A group only parameters meet (a low-rank kernel a @ b) has no gate; a zero score would rank
+  # it first.
+  low_rank = _LowRank()
+  v = jax.eval_shape(low_rank.init, jax.random.key(0), x)
+  assert [g.name for g in jg.analyze(low_rank.apply, v, x).prunable] == ['params/a:1']
+  with pytest.raises(UsageError, match=r"consumes group\(s\) \['params/a:1'\] beside"):
+    jax.eval_shape(lambda v: jg.fisher(low_rank.apply, v, x, lambda apply, b: apply(b).sum()),
+                   v)
+
+
+class _LowRank(zoo.nn.Module):
+  """A dense layer whose kernel is the product of two parameters (rank 4)."""
+
+  @zoo.nn.compact
+  def __call__(self, x):
+    a = self.param('a', zoo.nn.initializers.lecun_normal(), (x[0].size, 4))
+    b = self.param('b', zoo.nn.initializers.lecun_normal(), (4, 10))
+    return x.reshape(x.shape[0], -1) @ (a @ b)
 
 
 def test_the_generic_prune_step_is_the_hand_gated_one():

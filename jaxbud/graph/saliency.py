@@ -177,6 +177,12 @@ class _Call:
                          'saliency; leave it out')
     self.names = tuple(names)
     self.sites = gate_sites(analysis, set(self.names))
+    gated = {name for per_site in self.sites.values() for _, _, axes in per_site
+             for _, name, _ in axes}
+    ungated = [n for n in self.names if n not in gated]
+    if ungated:  # a score of 0 would rank them first: refuse instead
+      raise UsageError(f'no convolution or dense layer consumes group(s) {ungated} beside the '
+                       'example axis, so fisher cannot gate them; pass groups= without them')
     self.batch = self.traced.in_shapes[0][0]
 
   def gate_shapes(self):
