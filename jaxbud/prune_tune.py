@@ -389,6 +389,8 @@ class _Pruning:
                             'params': spec_lib.count_params(_mask_spec(spec, mask), self.nc)})
     metrics_lib.log(f'one-shot: {len(cut)} channels cut for budget {budget:,} '
                     f'{self.measure.unit}')
+    # A budget's cost is the scoring round's plus its own tuning: each starts from the base.
+    self.train_macs = self.evaluations[0]['train_macs']
     self.spec = spec
     self.orig = {n: list(range(w)) for n, w in zip(spec.prunable_names, spec.prunable)}
     stats = {a: {n: np.zeros((w,), np.float32) for n, w in self.base_widths.items()}

@@ -287,6 +287,11 @@ def test_one_shot_cuts_the_base_to_each_budget_then_tunes_and_resumes_alike(base
     assert [r['score'] for r in cut] == sorted(r['score'] for r in cut)  # lowest first
     assert list(widths) == [w - sum(r['layer'] == n for r in cut)
                             for n, w in zip(base_spec.prunable_names, base_spec.prunable)]
+  # Each budget is charged the scoring round and its own tuning (both start from the base).
+  score = history['evaluations'][0]['train_macs']
+  for snap in first['snapshots']:
+    assert snap['prune_train_macs'] == score + periods * train.training_macs(
+        snap['macs'], c.prune.prune_every * c.prune.batch_size)
   again, history2 = resume_from_earlier(c, workdir)
   assert history2['removals'] == history['removals']
   assert snapshot_widths(again) == snapshot_widths(first)
