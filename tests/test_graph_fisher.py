@@ -202,7 +202,8 @@ class _LowRank(zoo.nn.Module):
 
 def test_the_generic_prune_step_is_the_hand_gated_one():
   """graph.step.make_prune_step against prune.make_prune_step on WRN-10-1 for three steps (same
-  crops, flips, SGD update): the same parameters and the same accumulated Fisher sums."""
+  crops, flips, SGD update): the same parameters and the same accumulated sums of every
+  gradient statistic (fisher, grad, grad_sq, grad_abs)."""
   from jaxbud import data  # pylint: disable=g-import-not-at-top
   from jaxbud.graph import step as graph_step  # pylint: disable=g-import-not-at-top
   spec = spec_lib.wrn(10, 1, in_channels=1)
@@ -213,11 +214,13 @@ def test_the_generic_prune_step_is_the_hand_gated_one():
   groups = jg.analyze(model.apply, {'params': state.params, 'batch_stats': state.batch_stats},
                       jnp.zeros((4, 8, 8, 1)), train=True, mutable=['batch_stats'])
   hand_groups = [g for g in groups.prunable if g.name in spec.prunable_names]
-  hand = jax.jit(prune.make_prune_step(model, tx, ds, crop_pad=1, flip=True))
+  accs = ('fisher', 'grad', 'grad_sq', 'grad_abs')
+  hand = jax.jit(prune.make_prune_step(model, tx, ds, crop_pad=1, flip=True, accumulators=accs))
   generic = jax.jit(graph_step.make_prune_step(model.apply, tx, ds, crop_pad=1, flip=True,
-                                               groups=[g.name for g in hand_groups]))
-  a = prune.init_prune_state(state, spec)
-  b = graph_step.init_state(state, hand_groups)
+                                               groups=[g.name for g in hand_groups],
+                                               accumulators=accs))
+  a = prune.init_prune_state(state, spec, accs)
+  b = graph_step.init_state(state, hand_groups, accumulators=accs)
   for i in range(3):
     batch = {'image': ds.train_images[4 * (i % 2):4 * (i % 2) + 4],
              'label': jnp.asarray(ds.train_labels[4 * (i % 2):4 * (i % 2) + 4])}
@@ -226,6 +229,10 @@ def test_the_generic_prune_step_is_the_hand_gated_one():
     np.testing.assert_allclose(mb['train_loss'], ma['train_loss'], rtol=1e-5)
   for x, y in zip(jax.tree.leaves(b.train.params), jax.tree.leaves(a.train.params)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
-  for name in spec.prunable_names:
-    np.testing.assert_allclose(b.fisher[name], a.stats['fisher'][name],
-                               rtol=1e-4, atol=1e-6 * float(np.max(a.stats['fisher'][name])))
+  for acc in accs:
+    for name in spec.prunable_names:
+      want = a.stats[acc][name]
+      np.testing.assert_allclose(b.stats[acc][name], want, rtol=1e-4,
+                                 atol=1e-6 * float(np.max(np.abs(want))), err_msg=acc)
+  with pytest.raises(UsageError, match='activation accumulator'):
+    graph_step.init_state(state, hand_groups, accumulators=('activation',))

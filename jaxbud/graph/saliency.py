@@ -213,6 +213,20 @@ def fisher_step(apply_fn, loss_fn, groups=None, has_aux=False):
   loss with respect to every leaf of `variables`; `fisher` is {group name: (C,) float32
   0.5 * mean_n g_nc^2} for the prunable groups (those of `groups`, a `Groups` or names, when
   given). Accumulate it over steps by summing, as `prune.make_prune_step` does."""
+  step = gate_grad_step(apply_fn, loss_fn, groups, has_aux)
+
+  def with_fisher(variables, batch):
+    value, grads, gate_grads = step(variables, batch)
+    return value, grads, {n: 0.5 * jnp.mean(jnp.square(g), axis=0)
+                          for n, g in gate_grads.items()}
+
+  return with_fisher
+
+
+def gate_grad_step(apply_fn, loss_fn, groups=None, has_aux=False):
+  """As `fisher_step`, with the per-example gate gradients themselves in place of the Fisher
+  saliency: {group name: (N, C) float32 g_nc}, the input of every `prune.ACCUMULATORS` entry
+  but 'activation'."""
   names = _names(groups)
   if nnx_module.is_nnx(apply_fn):
     raise UsageError('fisher takes (apply_fn, variables); for an nnx module pass '
@@ -240,9 +254,7 @@ def fisher_step(apply_fn, loss_fn, groups=None, has_aux=False):
 
     value, (grads, gate_grads) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=has_aux)(
         variables, gates)
-    fisher = {n: 0.5 * jnp.mean(jnp.square(g.astype(jnp.float32)), axis=0)
-              for n, g in gate_grads.items()}
-    return value, grads, fisher
+    return value, grads, {n: g.astype(jnp.float32) for n, g in gate_grads.items()}
 
   return step
 
