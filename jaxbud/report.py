@@ -323,39 +323,43 @@ def trajectories(workdir, config) -> dict:
   return out
 
 
-def _plot_error(rows, trajs, path):
+_AXIS = {'params': 'parameters', 'macs': 'MACs'}  # the x axis of the plots: the budget unit
+
+
+def _plot_error(rows, trajs, path, unit='params'):
   fig, ax = plt.subplots(figsize=(7.5, 4.8))
   for (crit, runs), color in zip(sorted(trajs.items()), ('C7', 'C8', 'C9', 'C6')):
     for i, evals in enumerate(runs):
-      ax.plot([e['params'] for e in evals], [max(100 * e['test_error'], 0.01) for e in evals],
+      ax.plot([e[unit] for e in evals], [max(100 * e['test_error'], 0.01) for e in evals],
               lw=0.8, alpha=0.5, color=color,
               label=f'{crit} pruning trajectories ({len(runs)} runs)' if i == 0 else None)
   for (arm, fam), marker in zip(sorted({(r['arm'], r['family']) for r in rows}),
                                 'os^vD<>phx*+'):
     pts = sorted((r for r in rows if (r['arm'], r['family']) == (arm, fam)),
-                 key=lambda r: r['params'])
-    ax.errorbar([r['params'] for r in pts], [max(100 * r['test_error'], 0.01) for r in pts],
+                 key=lambda r: r[unit])
+    ax.errorbar([r[unit] for r in pts], [max(100 * r['test_error'], 0.01) for r in pts],
                 yerr=[100 * r['test_error_std'] for r in pts], marker=marker, capsize=2,
                 label=f'{arm} ({fam})' if arm != fam else arm, linestyle='none')
   ax.set_xscale('log')
   ax.set_yscale('log')  # a failed arm (tens of %) would otherwise flatten the rest
-  ax.set_xlabel('parameters')
+  ax.set_xlabel(_AXIS[unit])
   ax.set_ylabel('test error (%, log scale)')
-  ax.set_title('Test error vs parameters (seed means; lines: test error along each prune run)')
+  ax.set_title(f'Test error vs {_AXIS[unit]} (seed means; lines: test error along each prune '
+               'run)')
   _save(fig, [ax], path)
 
 
-def _plot_latency(rows, path):
+def _plot_latency(rows, path, unit='params'):
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, key, title in ((axes[0], 'latency_b1_s', 'batch 1'),
                          (axes[1], 'latency_large_s', f'batch {rows[0].get("large_batch")}')):
     for arm, marker in zip(sorted({r['arm'] for r in rows}), 'os^vD<>'):
-      pts = sorted((r for r in rows if r['arm'] == arm and key in r), key=lambda r: r['params'])
-      ax.plot([r['params'] for r in pts], [1e3 * r[key] for r in pts], marker, label=arm)
+      pts = sorted((r for r in rows if r['arm'] == arm and key in r), key=lambda r: r[unit])
+      ax.plot([r[unit] for r in pts], [1e3 * r[key] for r in pts], marker, label=arm)
     ax.set_xscale('log')
-    ax.set_xlabel('parameters')
+    ax.set_xlabel(_AXIS[unit])
     ax.set_ylabel('inference latency (ms, median)')
-    ax.set_title(f'Latency vs parameters, {title}')
+    ax.set_title(f'Latency vs {_AXIS[unit]}, {title}')
   _save(fig, axes, path)
 
 
@@ -489,8 +493,10 @@ def write(rows, workdir, config, dataset, unfinished=()) -> dict:
     w = csv.DictWriter(f, COLUMNS, extrasaction='ignore')
     w.writeheader()
     w.writerows(rows)
-  _plot_error(rows, trajectories(workdir, config), os.path.join(workdir, 'error_vs_params.png'))
-  _plot_latency(rows, os.path.join(workdir, 'latency_vs_params.png'))
+  # The file names stay; with MACs budgets the x axes are MACs.
+  _plot_error(rows, trajectories(workdir, config), os.path.join(workdir, 'error_vs_params.png'),
+              _unit(config))
+  _plot_latency(rows, os.path.join(workdir, 'latency_vs_params.png'), _unit(config))
   _plot_profiles(rows, os.path.join(workdir, 'width_profiles.png'), config.study.main_criterion)
   scfg = config.study
   n = len(dataset.test_labels)

@@ -185,3 +185,18 @@ def test_other_criteria_are_compared_with_the_main_one_at_each_budget(tmp_path):
   config.prune = ml_collections.ConfigDict({'budget_unit': 'macs'})
   _, lines = report.answer(report.comparisons(rows, config))[report.CRITERIA]
   assert lines[0].startswith('budget 1,000 MACs: l1-pruned')  # MACs budgets say so
+
+
+def test_plots_put_the_budget_unit_on_the_x_axis(tmp_path):
+  """With MACs budgets the error and latency plots are drawn against MACs (rows and trajectory
+  points keyed by 'macs'; a row without it could not be placed)."""
+  rows = [{'arm': 'pruned', 'family': 'fisher', 'macs': m, 'test_error': e,
+           'test_error_std': 0.001, 'latency_b1_s': 1e-3, 'large_batch': 8}
+          for m, e in ((1_000_000, 0.1), (500_000, 0.12))]
+  trajs = {'fisher': [[{'macs': 2_000_000, 'test_error': 0.09}, {'macs': 500_000,
+                                                                  'test_error': 0.12}]]}
+  report._plot_error(rows, trajs, str(tmp_path / 'e.png'), 'macs')
+  report._plot_latency(rows, str(tmp_path / 'l.png'), 'macs')
+  assert (tmp_path / 'e.png').stat().st_size > 1000 and (tmp_path / 'l.png').stat().st_size > 1000
+  with pytest.raises(KeyError, match='params'):
+    report._plot_error(rows, trajs, str(tmp_path / 'p.png'))
