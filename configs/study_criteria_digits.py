@@ -15,10 +15,16 @@ Scratch-B are left out; the pruned-from-scratch and copycat arms train one seed 
 from configs import study_digits
 
 
-def get_config(arg=None):
-  c = study_digits.get_config(arg)
+def compare_criteria(c):
+  """`c`, a study config, turned into the criteria comparison: every network trained with
+  network slimming's penalty, five criteria from three base networks, no reduced networks or
+  Scratch-B, one seed per from-scratch point (the Fashion-MNIST config uses it too)."""
   c.train.bn_l1 = 1e-4
   c.study.update(criteria=('fisher', 'taylor', 'bn_scale', 'l1', 'random'),
                  main_criterion='fisher', reduced=(), depths=(), scratch_b=False, seeds=(0,),
                  prune_seeds=(0, 1, 2))
   return c
+
+
+def get_config(arg=None):
+  return compare_criteria(study_digits.get_config(arg))

@@ -14,13 +14,9 @@ out; the pruned-from-scratch and copycat arms train one seed each.
 
 `study.plan` prints 21 runs and 33,834 training steps.
 """
+from configs import study_criteria_digits
 from configs import study_fashion_mnist
 
 
 def get_config(arg=None):
-  c = study_fashion_mnist.get_config(arg)
-  c.train.bn_l1 = 1e-4
-  c.study.update(criteria=('fisher', 'taylor', 'bn_scale', 'l1', 'random'),
-                 main_criterion='fisher', reduced=(), depths=(), scratch_b=False, seeds=(0,),
-                 prune_seeds=(0, 1, 2))
-  return c
+  return study_criteria_digits.compare_criteria(study_fashion_mnist.get_config(arg))

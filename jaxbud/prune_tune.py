@@ -414,12 +414,12 @@ class _Pruning:
     if len(gone) != len(chosen) or not all(alive[name][c] for name, c in gone):
       raise ValueError(f'schedule {pcfg.get("schedule")!r} chose a removed or repeated channel')
     mask = dict(ps.mask)
+    position = {(r[0], r[1]): i for i, r in enumerate(ranked)}
     for name, c, score in chosen:
       mask[name] = mask[name].at[c].set(0.0)
       # The next channel in line that stays says how decisive the removal was (near ties flip
       # under float rounding).
-      nxt = next((r for r in ranked[ranked.index((name, c, score)) + 1:]
-                  if (r[0], r[1]) not in gone), None)
+      nxt = next((r for r in ranked[position[name, c] + 1:] if (r[0], r[1]) not in gone), None)
       self.removals.append({
           'round': rnd, 'step': done, 'layer': name, 'channel': int(self.orig[name][c]),
           'score': score,
