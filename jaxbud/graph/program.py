@@ -15,15 +15,14 @@ values are the same, its gradients are those of the primal operations.
 """
 import jax
 import numpy as np
-from jax.extend import core as jex_core
 
 from jaxbud.errors import UsageError
+from jaxbud.graph import evaluate as evaluate_lib
 from jaxbud.graph import rules
 from jaxbud.graph.analyze import _is_array  # pylint: disable=protected-access
 from jaxbud.graph.analyze import expand
 from jaxbud.graph.analyze import inputs
 
-_REMAT = ('remat', 'remat2', 'checkpoint')
 _SHAPED = ('broadcast_in_dim', 'iota', 'random_bits', 'rng_bit_generator', 'full')
 
 
@@ -59,43 +58,20 @@ class Program:
       raise UsageError('the compacted program runs the call that was analysed; pass the same '
                        'keyword arguments (analyse again with others, e.g. train=True)')
     closed = self.traced.closed
-    flat = self._eval(closed.jaxpr, closed.consts, inputs(variables, args, kwargs), '')
+    flat = evaluate_lib.evaluate(closed.jaxpr, closed.consts, inputs(variables, args, kwargs),
+                                 self._bind)
     return jax.tree.unflatten(jax.tree.structure(self.traced.out_shape), flat)
 
-  def _eval(self, jaxpr, consts, vals, site):
-    env = dict(zip(jaxpr.constvars, consts))
-    env.update(zip(jaxpr.invars, vals))
-    read = lambda v: v.val if isinstance(v, jex_core.Literal) else env[v]
-    record = self.analysis.ctx.record
-    for i, eqn in enumerate(jaxpr.eqns):
-      here = f'{site}{i}'
-      ins = [read(v) for v in eqn.invars]
-      name = eqn.primitive.name
-      key = rules.CALLS.get(name, '')
-      callee = eqn.params.get(key) if key else None
-      if callee is not None:
-        inner = getattr(callee, 'jaxpr', callee)
-        inner_consts = getattr(callee, 'consts', [])
-        body = lambda a, inner=inner, c=inner_consts, h=here: self._eval(inner, c, a, h + '/')
-        if name in _REMAT:
-          body = jax.checkpoint(body, prevent_cse=eqn.params.get('prevent_cse', True),
-                                policy=eqn.params.get('policy'))
-        outs = body(ins)
-      else:
-        in_nodes, out_nodes, _ = record[here]
-        shapes = [self.shape(n) for n in out_nodes]
-        params = self._params(eqn, ins, in_nodes, shapes)
-        with eqn.ctx.manager:
-          outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(params))
-        if not eqn.primitive.multiple_results:
-          outs = [outs]
-        for x, s in zip(outs, shapes):
-          if tuple(np.shape(x)) != s:
-            raise ValueError(f'internal error: {rules.where(eqn, here, "")} gave shape '
-                             f'{np.shape(x)} in the compacted program, the analysis says {s}')
-      for v, x in zip(eqn.outvars, outs):
-        env[v] = x
-    return [read(v) for v in jaxpr.outvars]
+  def _bind(self, eqn, ins, here, _):
+    """The equation at the new shapes, its results checked against the analysis."""
+    in_nodes, out_nodes, _ = self.analysis.ctx.record[here]
+    shapes = [self.shape(n) for n in out_nodes]
+    outs = evaluate_lib.bind(eqn, ins, self._params(eqn, ins, in_nodes, shapes))
+    for x, s in zip(outs, shapes):
+      if tuple(np.shape(x)) != s:
+        raise ValueError(f'internal error: {rules.where(eqn, here, "")} gave shape '
+                         f'{np.shape(x)} in the compacted program, the analysis says {s}')
+    return outs
 
   def _params(self, eqn, ins, in_nodes, shapes):
     """The equation's parameters at the new shapes."""

@@ -19,12 +19,10 @@ to the gates, per example, comes from the same backward pass as the loss and the
 gradients: `fisher_step`. With g_nc that gradient of the batch's mean loss, the saliency is
 0.5 * mean_n g_nc^2, `prune.ACCUMULATORS['fisher']`.
 """
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jex_core
 
 from jaxbud import models
 from jaxbud.errors import UsageError
@@ -33,9 +31,8 @@ from jaxbud.graph.analyze import expand
 from jaxbud.graph.analyze import inputs
 from jaxbud.graph.analyze import trace
 from jaxbud.graph import nnx_module
-from jaxbud.graph import rules
+from jaxbud.graph import evaluate as evaluate_lib
 
-_REMAT = ('remat', 'remat2', 'checkpoint')
 
 
 def gate_sites(analysis, names) -> dict:
@@ -120,39 +117,17 @@ def _has_site(sites, prefix):
   return any(s.startswith(prefix) for s in sites)
 
 
-def evaluate(jaxpr, consts, args, sites, gates, site=''):
-  """Evaluates the open `jaxpr` like `jax.core.eval_jaxpr`, multiplying the gates into the
-  operands `sites` names (site strings as `rules.interpret` numbers the equations)."""
-  env = dict(zip(jaxpr.constvars, consts))
-  env.update(zip(jaxpr.invars, args))
-  read = lambda v: v.val if isinstance(v, jex_core.Literal) else env[v]
-  for i, eqn in enumerate(jaxpr.eqns):
-    here = f'{site}{i}'
-    ins = [read(v) for v in eqn.invars]
-    name = eqn.primitive.name
-    key = rules.CALLS.get(name, '')
-    callee = eqn.params.get(key) if key else None
-    if callee is not None and _has_site(sites, here + '/'):
-      closed = callee if isinstance(callee, jex_core.ClosedJaxpr) else None
-      inner = closed.jaxpr if closed is not None else callee
-      inner_consts = closed.consts if closed is not None else []
-      body = functools.partial(evaluate, inner, inner_consts, sites=sites, site=here + '/')
-      if name in _REMAT:
-        outs = jax.checkpoint(lambda a, g: body(a, gates=g), prevent_cse=eqn.params.get(
-            'prevent_cse', True), policy=eqn.params.get('policy'))(ins, gates)
-      else:
-        outs = body(ins, gates=gates)
-    else:
-      for k, batch_axis, gated in sites.get(here, ()):
-        ins[k] = _apply_gates(ins[k], batch_axis, gated, gates)
-      params = eqn.primitive.get_bind_params(eqn.params)
-      with eqn.ctx.manager:
-        outs = eqn.primitive.bind(*ins, **params)
-      if not eqn.primitive.multiple_results:
-        outs = [outs]
-    for v, x in zip(eqn.outvars, outs):
-      env[v] = x
-  return [read(v) for v in jaxpr.outvars]
+def _gated_bind(sites):
+  """`evaluate`'s bind: the equation with the gates multiplied into the operands `sites` names
+  for it (site strings as `rules.interpret` numbers the equations)."""
+
+  def bind(eqn, ins, here, gates):
+    ins = list(ins)
+    for k, batch_axis, gated in sites.get(here, ()):
+      ins[k] = _apply_gates(ins[k], batch_axis, gated, gates)
+    return evaluate_lib.bind(eqn, ins)
+
+  return bind
 
 
 class _Call:
@@ -190,8 +165,11 @@ class _Call:
 
   def __call__(self, variables, args, kwargs, gates):
     closed = self.traced.closed
-    flat = evaluate(closed.jaxpr, closed.consts, inputs(variables, args, kwargs),
-                    self.sites, gates)
+    # Calls with no gate inside are bound whole, keeping their derivative rules.
+    flat = evaluate_lib.evaluate(closed.jaxpr, closed.consts, inputs(variables, args, kwargs),
+                                 _gated_bind(self.sites),
+                                 inline=lambda prefix: _has_site(self.sites, prefix),
+                                 carry=gates)
     return jax.tree.unflatten(jax.tree.structure(self.traced.out_shape), flat)
 
 
