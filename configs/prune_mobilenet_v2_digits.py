@@ -1,24 +1,30 @@
-"""Prune a network jaxbud does not know: a MobileNetV2-style CNN defined here, on digits.
+r"""Prune a network jaxbud does not know: a MobileNetV2-style CNN defined here, on digits.
 
-The model is any linen module; nothing in jaxbud names its layers. `jaxbud.graph` reads its
-channel groups from the traced program (the stem's residual stream, each block's expansion),
-scores them with the generic Fisher saliency from the training step's own backward pass,
-masks the least salient channels every few steps, and compacts the result into the smaller
-program (or, with `make_module`, into a smaller module of this class). The test
-(tests/test_graph_example.py) runs it end to end and checks that the compacted network's test
-accuracy is the masked one's.
+The model is any linen module; nothing in jaxbud names its layers. `model.module` names the
+factory below, and `model.widths` the width of each channel group `jaxbud.graph` reads from
+the traced program (the stem's residual stream, each block's expansion, the last projection).
+launch.train trains it; launch.prune scores the groups with the generic Fisher saliency from
+the fine-tuning step's own backward pass, masks the least salient channels every round,
+compacts, and writes snapshots the factory rebuilds at their widths (`jaxbud.load`,
+launch.export). tests/test_graph_example.py runs these commands.
 
-  from configs import prune_mobilenet_v2_digits as cfg
-  from jaxbud.graph import tune
-  c = cfg.get_config()
-  model = cfg.make_module(c.model.widths)
-  ...  # see tests/test_graph_example.py
+  python -m launch.train --config=configs/prune_mobilenet_v2_digits.py \
+      --workdir=/tmp/jaxbud/mobilenet_v2
+  python -m launch.prune --config=configs/prune_mobilenet_v2_digits.py \
+      --workdir=/tmp/jaxbud/mobilenet_v2_prune \
+      --config.prune.base_workdir=/tmp/jaxbud/mobilenet_v2
+  python -m launch.export --src=/tmp/jaxbud/mobilenet_v2_prune/snapshots/4000 \
+      --out=/tmp/jaxbud/mobilenet_v2_export --formats=stablehlo
 
-`launch.prune` does not take this config yet (docs/any_model.md, "Prune-and-tune").
+Run them from the repository root: the factory is imported as
+'configs.prune_mobilenet_v2_digits:make_module' (a 'path/to/file.py:function' works too).
 """
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
+
+from configs import default
+from configs import sections
 
 
 class MobileNetV2(nn.Module):
@@ -46,23 +52,22 @@ class MobileNetV2(nn.Module):
 
 
 def make_module(widths) -> MobileNetV2:
-  """The module for {group name: width} (`jg.compact`'s widths, or the config's)."""
+  """The module for {group name: width} (the config's widths, or a pruned snapshot's)."""
   return MobileNetV2(stem=widths['stem'],
                      expand=tuple(widths[f'b{i}_expand'] for i in range(3)),
                      out=(widths['stem'], widths['stem'], widths['b2_project']))
 
 
 def get_config(arg=None):
-  del arg
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+  c = default.get_config(arg)
   c.model = ml_collections.ConfigDict(dict(
-      widths=dict(stem=16, b0_expand=32, b1_expand=32, b2_expand=48, b2_project=24)))
-  c.data = ml_collections.ConfigDict(dict(name='digits'))
-  c.train = ml_collections.ConfigDict(dict(steps=300, lr=0.05, batch_size=64))
-  c.prune = ml_collections.ConfigDict(dict(
-      rounds=24,        # removals
-      prune_every=10,   # steps of Fisher accumulated per removal
-      per_round=2,      # channels removed per removal (48 of the 144 prunable)
-      lr=0.01, batch_size=64))
+      module='configs.prune_mobilenet_v2_digits:make_module',
+      widths=dict(stem=16, b0_expand=32, b1_expand=32, b2_expand=48, b2_project=24),
+      spec_file='',   # a snapshot's spec.json (its widths) in place of `widths`
+      dtype='float32'))
+  # 5,962 parameters; tuned snapshots at 5,000 and 4,000, two channels removed every 10 steps.
+  c.prune = sections.prune_section(
+      prune_every=10, rounds=60, channels_per_round=2, budgets=(5_000, 4_000),
+      stop_after_last_budget=True, eval_every_rounds=10, compact_every=32, batch_size=64,
+      log_every_rounds=10, checkpoint_every_rounds=20)
   return c

@@ -395,7 +395,7 @@ def _cases(spec, modes, batch_size, dtype, image_size, num_classes, options=None
       groups = graph.analyze(model.apply, variables, x, train=True, mutable=['batch_stats'])
       hand = [g for g in groups.prunable if g.name in spec.prunable_names]
       step = graph_step.make_prune_step(model.apply, tx, ds, crop_pad=crop_pad, flip=True,
-                                        dtype=model.dtype, groups=[g.name for g in hand])
+                                        dtype=model.dtype, scored=[g.name for g in hand])
       ps = jax.jit(lambda s: graph_step.init_state(s, hand),
                    out_shardings=repl)(jax.tree.map(jnp.copy, state))
       args = (ps, batch)

@@ -105,7 +105,8 @@ class Checkpoints:
     """`(step, load(step))` for the newest step that `load` reads back, or None if none does.
 
     `load(step)` restores whatever the caller needs (spec, then state) and raises MismatchError
-    for a readable checkpoint of another run, which is passed on. Any other failure marks the
+    for a readable checkpoint of another run, which is passed on, as is any other UsageError
+    (e.g. a model.module factory that cannot be imported here). Any other failure marks the
     step unreadable: a warning names it, and with `quarantine` (only for a run's own
     checkpoints) it is renamed `<step>.unreadable` so that the run continues from the older step
     and saves past it. Nothing is ever deleted.
@@ -113,7 +114,7 @@ class Checkpoints:
     for step in sorted(self.all_steps(), reverse=True):
       try:
         return step, load(step)
-      except MismatchError:
+      except UsageError:  # MismatchError included: the checkpoint is fine, the call is not
         raise
       except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore/JSON read errors
         error = e

@@ -52,6 +52,7 @@ class Criterion:
   name: str
   fn: Callable[[Context], dict]
   needs: tuple = ()  # names of jaxbud.prune.ACCUMULATORS
+  any_model: bool = True  # False: reads the layers of jaxbud's own families (spec layouts)
 
   @property
   def needs_fisher(self) -> bool:
@@ -61,14 +62,16 @@ class Criterion:
 _REGISTRY: dict[str, Criterion] = {}
 
 
-def register(name: str, needs: tuple = (), needs_fisher: bool = False):
+def register(name: str, needs: tuple = (), needs_fisher: bool = False, any_model: bool = True):
   """Decorator adding `fn(ctx) -> {layer name: (C,) scores}` to the registry under `name`; the
-  prune step accumulates the statistics `needs` names for it."""
+  prune step accumulates the statistics `needs` names for it. `any_model=False` marks a
+  criterion that reads the parameter layout of jaxbud's own families (`producer_kernel`,
+  `prune.coupled_modules`), which a model.module network (jaxbud.graph.arch) does not have."""
   needs = tuple(needs) + (('fisher',) if needs_fisher and 'fisher' not in needs else ())
   prune.check_accumulators(needs)
 
   def deco(fn):
-    _REGISTRY[name] = Criterion(name, fn, needs)
+    _REGISTRY[name] = Criterion(name, fn, needs, any_model)
     return fn
 
   return deco
@@ -147,14 +150,14 @@ def fisher_cost(ctx: Context):
   return {n: f - beta * saved[n] for n, f in ctx.fisher.items()}
 
 
-@register('l1')
+@register('l1', any_model=False)
 def l1(ctx: Context):
   """Li et al.: the L1 norm (sum of absolute values) of each output filter of the producer conv."""
   return {n: jnp.sum(jnp.abs(producer_kernel(ctx.params, n)), axis=(0, 1, 2))
           if w else jnp.zeros((0,)) for n, w in zip(ctx.spec.prunable_names, ctx.spec.prunable)}
 
 
-@register('l1_signed')
+@register('l1_signed', any_model=False)
 def l1_signed(ctx: Context):
   """The authors' code's 'L1': the signed sum of each filter's weights (no absolute value)."""
   return {n: jnp.sum(producer_kernel(ctx.params, n), axis=(0, 1, 2))
@@ -177,7 +180,7 @@ def taylor(ctx: Context):
   return {n: v / ctx.steps for n, v in ctx.stats['grad_sq'].items()}
 
 
-@register('bn_scale')
+@register('bn_scale', any_model=False)
 def bn_scale(ctx: Context):
   """Liu et al. 2017, "Learning Efficient Convolutional Networks through Network Slimming": the
   absolute BN scale |gamma_c| of the batch norm that normalises the channel (train with

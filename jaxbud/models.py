@@ -382,7 +382,10 @@ _MODELS = {'wrn': WRN, 'densenet_bc': DenseNetBC, 'resnet': ResNet}
 
 
 def build(spec: spec_lib.Spec, num_classes: int = 10, dtype=jnp.float32) -> nn.Module:
-  """The linen module for `spec`; `dtype` is the compute dtype (parameters stay float32)."""
+  """The linen module for `spec`; `dtype` is the compute dtype (parameters stay float32). A
+  family registered elsewhere (`spec.register_family`) builds its own (`spec.build`)."""
+  if spec.family not in _MODELS and hasattr(spec, 'build'):
+    return spec.build(num_classes, dtype)
   if spec.family not in _MODELS:
     raise ValueError(f'unknown model family {spec.family!r}; expected one of {sorted(_MODELS)}')
   return _MODELS[spec.family](dtype=jnp.dtype(dtype), spec=spec, num_classes=num_classes)

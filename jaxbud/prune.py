@@ -37,15 +37,17 @@ def rank(spec: spec_lib.Spec, scores: dict, alive: dict | None = None):
 
   scores: {name: (C,)} over the spec's current channels; alive: optional {name: (C,) bool}
   marking channels not yet removed (default all). Ties go to the earlier layer, then the lower
-  channel index, so the order is deterministic.
+  channel index, so the order is deterministic. A family with a `min_width` (a module spec
+  keeps one channel per group) leaves each layer's `min_width` most salient live channels out.
   """
-  rows = []
+  rows, keep = [], getattr(spec, 'min_width', 0)
   for li, (name, w) in enumerate(zip(spec.prunable_names, spec.prunable)):
     s = np.asarray(scores[name], np.float64).reshape(-1)
     if s.shape != (w,):
       raise ValueError(f'scores[{name!r}] has shape {s.shape}, expected ({w},)')
     live = np.ones(w, bool) if alive is None else np.asarray(alive[name], bool)
-    rows += [(s[c], li, int(c), name) for c in np.flatnonzero(live)]
+    layer = sorted((s[c], li, int(c), name) for c in np.flatnonzero(live))
+    rows += layer[:max(0, len(layer) - keep)]
   rows.sort(key=lambda r: r[:3])
   return [(name, c, float(s)) for s, _, c, name in rows]
 

@@ -40,6 +40,7 @@ Layout of a run's workdir:
 import json
 import os
 import shutil
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +62,8 @@ from jaxbud import spec as spec_lib
 from jaxbud import stats
 from jaxbud import train as train_lib
 from jaxbud.errors import UsageError
+from jaxbud.graph import arch as graph_arch
+from jaxbud.graph import step as graph_step
 
 _PRUNE_STREAM = 0x707275  # keeps the prune run's data seed apart from the base run's
 
@@ -184,6 +187,38 @@ def _validate(config, base_spec, num_classes, image_size):
                      'which is empty')
 
 
+class _Ops(NamedTuple):
+  """The prune run's operations that depend on how a network's channels are coupled: by hand
+  (jaxbud's own families, jaxbud.prune) or read from the traced program (model.module
+  networks, jaxbud.graph.step)."""
+  make_prune_step: Callable
+  make_eval_step: Callable
+  shrink_state: Callable
+
+
+_OPS = {'spec': _Ops(prune.make_prune_step, prune.make_eval_step, prune.shrink_state),
+        'module': _Ops(graph_step.make_model_prune_step, graph_step.make_eval_step,
+                       graph_step.shrink_state)}
+
+
+def ops(spec) -> _Ops:
+  return _OPS['module' if spec.family == graph_arch.ModuleSpec.family else 'spec']
+
+
+def check_module_criterion(spec, criterion):
+  """A model.module network is scored from the statistics of its groups: a criterion that
+  reads the layout of jaxbud's own families (l1, bn_scale, ...) or records activations is a
+  usage error, named, before anything is written."""
+  if spec.family != graph_arch.ModuleSpec.family:
+    return
+  if not criterion.any_model:
+    usable = [n for n in criteria.names() if criteria.get(n).any_model and
+              'activation' not in criteria.get(n).needs]
+    raise UsageError(f'prune.criterion={criterion.name!r} reads the layers of jaxbud\'s own '
+                     f'families; a model.module network takes one of {usable}')
+  graph_step.check_accumulators(criterion.needs)
+
+
 def _mask_spec(spec, mask):
   return spec.with_prunable(int(np.sum(np.asarray(mask[n]))) for n in spec.prunable_names)
 
@@ -193,7 +228,7 @@ def _compact(ps: prune.PruneState, spec, orig):
   keep = {n: np.flatnonzero(np.asarray(ps.mask[n]) > 0).astype(np.int32)
           for n in spec.prunable_names}
   new_spec = spec.with_prunable(len(keep[n]) for n in spec.prunable_names)
-  train_state = prune.shrink_state(ps.train, spec, keep)
+  train_state = ops(spec).shrink_state(ps.train, spec, keep)
   mask = {n: np.ones((len(keep[n]),), np.float32) for n in spec.prunable_names}
   stats = {a: {n: parallel.host_copy(per_layer[n])[keep[n]] for n in spec.prunable_names}
            for a, per_layer in ps.stats.items()}
@@ -284,13 +319,13 @@ class _Pruning:
     model = self.p.model(self.spec)
     # prune.pad_mode: zero padding by default, as the reference's pruning script crops.
     augmentation = input_pipeline.device_augment(self.p.config, prune=True)
-    self.step = parallel.jit(prune.make_prune_step(
+    self.step = parallel.jit(ops(self.spec).make_prune_step(
         model, self.p.tx, self.p.ds, **augmentation,
         accumulators=self.p.criterion.needs), donate_argnums=0)
     self.eval_step = self.compile_eval(model)
 
   def compile_eval(self, model):
-    return parallel.jit(prune.make_eval_step(model, self.p.ds),
+    return parallel.jit(ops(model.spec).make_eval_step(model, self.p.ds),
                         out_shardings=parallel.replicated(self.p.mesh))
 
   def evaluate(self, eval_step, ps):
@@ -499,6 +534,7 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
   p = PruneSetup(config, ts)
   base_spec, state = load_base(config, p)
   _validate(config, base_spec, p.ds.num_classes, p.ds.image_shape[0])
+  check_module_criterion(base_spec, p.criterion)
   metrics_lib.make_workdir(workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:

@@ -19,6 +19,7 @@ Allocation is global lowest-first unless `prune.per_layer_ratio` r > 0 (Li et al
 base width, its own lowest-scoring channels, r of it per round (iterative) or the smallest
 multiple of r that meets the budget (one-shot); widths are w - round(min(1, k r) w).
 """
+import collections
 import dataclasses
 from typing import Callable
 
@@ -96,10 +97,11 @@ def check_section(pcfg):
   spec_lib.Size(pcfg.get('budget_unit', 'params'))  # an unknown unit is a usage error
 
 
-def ratio_widths(widths, fraction: float) -> list[int]:
-  """Each layer's width after removing round(min(1, fraction) w) of its w channels."""
+def ratio_widths(widths, fraction: float, minimum: int = 0) -> list[int]:
+  """Each layer's width after removing round(min(1, fraction) w) of its w channels (at least
+  `minimum` left, a family's `min_width`)."""
   f = min(1.0, fraction)
-  return [w - int(round(f * w)) for w in widths]
+  return [max(min(w, minimum), w - int(round(f * w))) for w in widths]
 
 
 def _lowest(ranked, counts: dict) -> list:
@@ -121,7 +123,7 @@ def iterative(r: Round) -> list:
     return r.ranked[:r.options.get('channels_per_round', 1)]
   names_ = r.spec.prunable_names
   target = dict(zip(names_, ratio_widths([r.base_widths[n] for n in names_],
-                                         (r.index + 1) * ratio)))
+                                         (r.index + 1) * ratio, getattr(r.spec, 'min_width', 0))))
   live = {n: int(np.sum(r.alive[n])) for n in names_}
   return _lowest(r.ranked, {n: max(0, live[n] - target[n]) for n in names_})
 
@@ -136,14 +138,23 @@ def cut(spec: spec_lib.Spec, scores: dict, budget: int, size: spec_lib.Size,
   if per_layer_ratio:
     k = 1
     while True:
-      widths = ratio_widths(spec.prunable, k * per_layer_ratio)
+      widths = ratio_widths(spec.prunable, k * per_layer_ratio, getattr(spec, 'min_width', 0))
       if size(spec.with_prunable(widths)) <= budget or k * per_layer_ratio >= 1:
         break
       k += 1
     return _lowest(ranked, {n: w - v for n, w, v in zip(names_, spec.prunable, widths)})
-  widths = dict(zip(names_, spec.prunable))
-  for i, row in enumerate(ranked):
-    if size(spec.with_prunable(widths[n] for n in names_)) <= budget:
-      return ranked[:i]
-    widths[row[0]] -= 1
-  return ranked
+  base = dict(zip(names_, spec.prunable))
+
+  def size_without(i):  # the size with the first i ranked channels removed
+    gone = collections.Counter(row[0] for row in ranked[:i])
+    return size(spec.with_prunable(base[n] - gone[n] for n in names_))
+
+  # The shortest prefix that meets the budget, by bisection: a size never grows as channels go.
+  lo, hi = 0, len(ranked)
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if size_without(mid) <= budget:
+      hi = mid
+    else:
+      lo = mid + 1
+  return ranked[:lo]

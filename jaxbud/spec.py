@@ -10,6 +10,7 @@ Parameter convention (the reference one): conv kernels, BN gamma and beta, dense
 BN running statistics are not parameters.
 """
 import dataclasses
+import importlib
 import json
 import math
 from typing import ClassVar
@@ -224,6 +225,17 @@ class ResNetSpec(_Serialisable):
 
 Spec = WRNSpec | DenseNetSpec | ResNetSpec
 FAMILIES = {cls.family: cls for cls in (WRNSpec, DenseNetSpec, ResNetSpec)}
+BUILTIN_FAMILIES = tuple(FAMILIES)  # counted by `_walk`; other families count themselves
+# Families defined outside this module, imported when a spec of theirs is read.
+_PLUGINS = {'module': 'jaxbud.graph.arch'}
+
+
+def register_family(cls):
+  """Adds a spec class defined elsewhere (e.g. jaxbud.graph.arch.ModuleSpec) to `FAMILIES`.
+  It has `family`, `prunable`, `prunable_names`, `with_prunable`, `to_dict`, `count_params`
+  and `count_macs` (and `min_width`, the fewest channels pruning leaves a layer, default 0)."""
+  FAMILIES[cls.family] = cls
+  return cls
 
 
 def wrn(depth: int, widen: float, in_channels: int = 3) -> WRNSpec:
@@ -269,6 +281,18 @@ def scale_prunable(spec: Spec, factor: float, minimum: int = 1, keep_zeros: bool
       for w in spec.prunable)
 
 
+def get_family(family):
+  """The spec class of `family`, importing a family defined elsewhere (`_PLUGINS`) on first
+  use: a spec file or checkpoint of a `model.module` network is read without importing
+  jaxbud.graph first."""
+  if isinstance(family, str) and family in _PLUGINS and family not in FAMILIES:
+    importlib.import_module(_PLUGINS[family])  # registers the family
+  if not isinstance(family, str) or family not in FAMILIES:
+    raise UsageError(f'unknown spec family {family!r}; expected one of '
+                     f'{sorted(set(FAMILIES) | set(_PLUGINS))}')
+  return FAMILIES[family]
+
+
 def to_dict(spec: Spec) -> dict:
   return spec.to_dict()
 
@@ -277,10 +301,8 @@ def from_dict(d: dict) -> Spec:
   if not isinstance(d, dict):
     raise UsageError(f'a spec must be a JSON object, got {type(d).__name__}')
   family = d.get('family')
-  if not isinstance(family, str) or family not in FAMILIES:
-    raise UsageError(f'unknown spec family {family!r}; expected one of {sorted(FAMILIES)}')
-  cls = FAMILIES[family]
-  names = {f.name for f in dataclasses.fields(cls)}
+  cls = get_family(family)
+  names = {f.name for f in dataclasses.fields(cls) if f.name != 'family'}
   unknown = sorted(set(d) - names - {'family'})
   if unknown:
     raise UsageError(f'unknown field(s) {unknown} for family {family!r}; '
@@ -396,11 +418,15 @@ def _walk(spec: Spec, image_size: int, num_classes: int):
 
 def count_params(spec: Spec, num_classes: int = 10) -> int:
   """Parameters of the network built from `spec` (kernels, BN gamma/beta, dense weight/bias)."""
+  if spec.family not in BUILTIN_FAMILIES:
+    return spec.count_params(num_classes)
   return _walk(spec, 32, num_classes)[0]
 
 
 def count_macs(spec: Spec, image_size: int = 32, num_classes: int = 10) -> int:
   """Multiply-accumulates of one forward pass on one image_size x image_size image."""
+  if spec.family not in BUILTIN_FAMILIES:
+    return spec.count_macs(image_size, num_classes)
   return _walk(spec, image_size, num_classes)[1]
 
 
@@ -427,5 +453,6 @@ class Size:
     return count_macs(spec, self.image_size, self.num_classes)
 
   def floor(self, spec: Spec) -> int:
-    """The size left with every prunable channel of `spec` removed."""
-    return self(spec.with_prunable([0] * len(spec.prunable)))
+    """The size left with every prunable channel of `spec` removed (all but `min_width` per
+    layer for a family that keeps some, see `register_family`)."""
+    return self(spec.with_prunable([getattr(spec, 'min_width', 0)] * len(spec.prunable)))

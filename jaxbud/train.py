@@ -46,8 +46,18 @@ class TrainState(flax.struct.PyTreeNode):
   rng: jax.Array
 
 
-def build_spec(model_cfg, in_channels: int) -> spec_lib.Spec:
-  """The width spec a config's `model` section asks for (a spec file wins over the family)."""
+def build_spec(model_cfg, in_channels: int, image_shape=None,
+               num_classes: int | None = None) -> spec_lib.Spec:
+  """The width spec a config's `model` section asks for (a spec file wins over the family).
+
+  A section with `module` (any linen classifier, jaxbud.graph.arch) needs the dataset's
+  `image_shape` and `num_classes`, against which the module is checked."""
+  if model_cfg.get('module'):
+    if image_shape is None:  # a study: reduced networks are made by scaling a family's widths
+      raise UsageError(f'model.module={model_cfg.module!r}: a study compares networks of '
+                       f'jaxbud\'s own families ({", ".join(spec_lib.BUILTIN_FAMILIES)}); '
+                       'prune a model.module network with launch.prune')
+    return spec_lib.get_family('module').from_config(model_cfg, image_shape, num_classes)
   if model_cfg.get('spec_file'):
     spec = spec_lib.load(model_cfg.spec_file)
     if spec.in_channels != in_channels:
@@ -302,7 +312,11 @@ def setup(config, dataset: data_lib.Dataset | None = None) -> TrainSetup:
                             manual_dir=dcfg.manual_dir or None, image_size=dcfg.image_size,
                             synthetic_options=dcfg.get('synthetic'),
                             downsample=dcfg.get('downsample', 1))
-  spec = build_spec(config.model, dataset.image_shape[-1])
+  spec = build_spec(config.model, dataset.image_shape[-1], dataset.image_shape,
+                    dataset.num_classes)
+  if tcfg.get('bn_l1', 0.0) and spec.family not in spec_lib.BUILTIN_FAMILIES:
+    raise UsageError('train.bn_l1 penalises the BN scales of jaxbud\'s own families; a '
+                     'model.module network has no such map (set train.bn_l1=0)')
   if tcfg.batch_size > len(dataset.train_labels):
     raise UsageError(f'train.batch_size={tcfg.batch_size} is larger than the '
                      f'{len(dataset.train_labels)} training images of {dataset.name}')

@@ -1,64 +1,153 @@
-"""configs/prune_mobilenet_v2_digits.py end to end: a MobileNetV2 defined in the config file is
-trained on digits, pruned with the generic Fisher, and compacted both ways (the compacted
-program, and the config's module at the new widths); each gives the masked network's test
-accuracy, and the compacted module exported as StableHLO gives its logits."""
-import jax
-import jax.numpy as jnp
-import numpy as np
+"""configs/prune_mobilenet_v2_digits.py through launch.train, launch.prune, jaxbud.load and
+launch.export: a MobileNetV2 defined in the config file, which jaxbud knows nothing of, is
+trained, pruned with the generic Fisher, snapshotted at its budgets, loaded, exported, and a
+killed prune run resumes to the same removals. A shorter schedule than the config's."""
+import json
+import os
+import subprocess
+import sys
 
-import jaxbud.graph as jg
+import jax
+import numpy as np
+import pytest
+
+import jaxbud
 from configs import prune_mobilenet_v2_digits as example
-from jaxbud import augment
+from configs import study_digits
 from jaxbud import data
 from jaxbud import export
-from jaxbud.graph import tune
+from jaxbud import prune_tune
+from jaxbud import spec as spec_lib
+from jaxbud import study
+from jaxbud import train
+from jaxbud.errors import UsageError
+from jaxbud.graph import arch
+from tests.test_prune_run import resume_from_earlier
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WIDTHS = dict(stem=16, b0_expand=32, b1_expand=32, b2_expand=48, b2_project=24)
 
 
-def test_the_mobilenet_v2_example_prunes_and_compacts_exactly():
+def config(base_workdir='', **prune):
   c = example.get_config()
-  # Shorter than the example's schedule (scripts/prune_mobilenet_v2_digits.py runs that).
-  c.train.steps, c.prune.rounds, c.prune.prune_every, c.prune.per_round = 80, 8, 5, 4
+  c.train.update(epochs=6, milestones=(4, 5), eval_every_epochs=6)
+  c.prune.update(dict(base_workdir=str(base_workdir), prune_every=5, rounds=30,
+                      budgets=(5_000, 4_500), checkpoint_every_rounds=4, compact_every=16,
+                      eval_every_rounds=5), **prune)
+  return c
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('mobilenet')
+  final = train.train_and_evaluate(config(), str(workdir))
+  assert final['params'] == 5962 and final['test_error'] < 0.2, final
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def pruned(base, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('mobilenet_prune')
+  return prune_tune.prune_and_tune(config(base), str(workdir)), workdir
+
+
+def test_the_module_spec_counts_what_the_module_holds():
+  spec = arch.ModuleSpec(example.get_config().model.module, WIDTHS, (8, 8, 1))
+  # stem 3x3x1x16 + BN; two blocks of 16->32 (1x1), 3x3 depthwise, 32->16 (1x1) with BNs;
+  # 16->48, depthwise, 48->24; head 24x10 + 10.
+  assert spec.count_params() == 144 + 32 + 2 * 1472 + 2592 + 250
+  # On 8x8 images: 64 positions until block 2's depthwise (stride 2), then 16.
+  assert spec.count_macs(8) == 64 * (144 + 2 * 1312 + 768) + 16 * (432 + 1152) + 240
+  assert spec_lib.from_json(spec.to_json()) == spec
+  assert spec_lib.Size('params').floor(spec) == spec.with_prunable([1] * 5).count_params()
+
+
+def test_launch_prune_prunes_any_module_and_its_snapshots_load_and_export(pruned, tmp_path):
+  summary, workdir = pruned
+  assert [s['budget'] for s in summary['snapshots']] == [5_000, 4_500]
   ds = data.digits()
-  model = example.make_module(c.model.widths)
-  x = augment.normalize(ds.train_images[:2], ds.mean, ds.std)
-  variables = jax.jit(model.init)(jax.random.key(c.seed), x)
-  variables = tune.train(model, variables, ds, steps=c.train.steps, lr=c.train.lr,
-                         batch_size=c.train.batch_size, seed=c.seed)
-  base = tune.accuracy(model.apply, variables, ds)
-  assert base > 0.8, base
+  for snap in summary['snapshots']:
+    assert snap['params'] <= snap['budget']
+    spec = spec_lib.load(os.path.join(snap['dir'], 'spec.json'))
+    assert spec.family == 'module' and spec.count_params() == snap['params']
+    assert all(w >= 1 for w in spec.prunable) and sum(spec.prunable) < sum(WIDTHS.values())
+    net = jaxbud.load(snap['dir'])  # rebuilt by the factory at the snapshot's widths
+    assert net.num_params == snap['params']
+    # The compacted network makes the masked network's predictions (the run's evaluation).
+    wrong = int(np.sum(np.argmax(net.predict(ds.test_images), -1) != ds.test_labels))
+    assert wrong == round(snap['test_error'] * len(ds.test_labels))
+    assert snap['test_error'] < 0.3
+  history = json.load(open(workdir / 'history.json'))
+  assert len(history['removals']) == summary['removed'] > 0
+  # Exported as StableHLO, the snapshot runs in plain JAX with the loaded network's logits.
+  out = export.export(summary['snapshots'][-1]['dir'], tmp_path / 'export',
+                      formats=('stablehlo',))
+  exported = jax.export.deserialize(bytearray(open(out['files']['model.stablehlo'], 'rb').read()))
+  net = jaxbud.load(summary['snapshots'][-1]['dir'])
+  np.testing.assert_allclose(exported.call(ds.test_images[:16]), net.predict(ds.test_images[:16]),
+                             rtol=1e-5, atol=1e-5)
 
-  groups, keep, masked = tune.prune_and_tune(
-      model, variables, ds, rounds=c.prune.rounds, prune_every=c.prune.prune_every,
-      per_round=c.prune.per_round, lr=c.prune.lr, batch_size=c.prune.batch_size)
-  assert [g.name for g in groups.prunable] == [
-      'stem', 'b0_expand', 'b1_expand', 'b2_expand', 'b2_project']
-  assert sum(g.size - len(keep[g.name]) for g in groups.prunable) == 8 * 4
 
-  # The compacted program, analysed at the evaluation batch size (it is shape-specialised).
-  x_eval = jnp.zeros((256, 8, 8, 1))
-  small = jg.compact(jg.analyze(model.apply, masked, x_eval), masked, keep,
-                     factory=example.make_module)
-  program = jg.compact(jg.analyze(model.apply, masked, x_eval), masked, keep)
-  acc_masked = tune.accuracy(model.apply, masked, ds)
-  acc_module = tune.accuracy(small.module.apply, small.variables, ds)
-  acc_program = tune.accuracy(program.apply, program.variables, ds)
-  print(f'base {base:.3f}, pruned masked {acc_masked:.3f}, compacted module {acc_module:.3f}, '
-        f'program {acc_program:.3f}, widths {small.widths}')
-  assert acc_masked == acc_module == acc_program
-  assert acc_masked > 0.5
-  n = lambda v: sum(np.size(a) for a in jax.tree.leaves(v['params']))
-  assert n(small.variables) < 0.75 * n(variables)
-  # The compacted module's logits are the masked network's.
-  logits = lambda m, v: jax.jit(m.apply)(v, augment.normalize(ds.test_images[:16], ds.mean,
-                                                              ds.std))
-  np.testing.assert_allclose(logits(small.module, small.variables), logits(model, masked),
-                             atol=1e-4, rtol=1e-4)
-  # Exported (StableHLO, any batch size), it runs in plain JAX and gives the same logits.
-  blob = export.serialize(
-      lambda images: small.module.apply(small.variables,
-                                        augment.normalize(images, ds.mean, ds.std)),
-      ds.image_shape, platforms=('cpu',))
-  exported = jax.export.deserialize(bytearray(blob))
-  np.testing.assert_allclose(exported.call(ds.test_images[:16]),
-                             logits(small.module, small.variables), atol=1e-5, rtol=1e-5)
-  assert exported.call(ds.test_images[:5]).shape == (5, 10)
+def test_a_killed_module_prune_run_resumes_to_the_same_removals(pruned, base, tmp_path):
+  summary, workdir = pruned
+  first = json.load(open(workdir / 'history.json'))['removals']
+  again, history = resume_from_earlier(config(base), workdir)
+  assert [(r['layer'], r['channel']) for r in history['removals']] == [
+      (r['layer'], r['channel']) for r in first]
+  assert [s['params'] for s in again['snapshots']] == [s['params'] for s in summary['snapshots']]
+
+
+def test_module_configs_refuse_what_they_cannot_do(base, tmp_path):
+  bad = config()
+  bad.model.widths = {k: v for k, v in WIDTHS.items() if k != 'b2_project'}
+  with pytest.raises(UsageError, match=r"reads widths\['b2_project'\], which model.widths"):
+    train.setup(bad)
+  bad = config()
+  bad.model.widths = dict(WIDTHS, head=10)  # not a prunable group: the factory ignores it
+  with pytest.raises(UsageError, match=r'model.widths must name each prunable group'):
+    train.setup(bad)
+  bad = config()
+  bad.model.module = 'configs.prune_mobilenet_v2_digits:no_such_factory'
+  with pytest.raises(UsageError, match='has no function'):
+    train.setup(bad)
+  bad = config()
+  bad.train.bn_l1 = 1e-4
+  with pytest.raises(UsageError, match='train.bn_l1'):
+    train.setup(bad)
+  c = study_digits.get_config()
+  c.model = config().model
+  with pytest.raises(UsageError, match='a study compares networks of jaxbud'):
+    study.plan(c)
+  for criterion in ('l1', 'bn_scale'):
+    with pytest.raises(UsageError, match=f"criterion='{criterion}' reads the layers"):
+      prune_tune.prune_and_tune(config(base, criterion=criterion), str(tmp_path / criterion))
+    assert not (tmp_path / criterion).exists()
+
+
+def test_the_commands_in_the_config_run_as_written(pruned):
+  """launch.prune with the module config file, from the repository root (a subprocess: the
+  factory is imported by name), on the finished run: it reports the run's snapshots."""
+  summary, workdir = pruned
+  base_dir = json.load(open(workdir / 'config.json'))['prune']['base_workdir']
+  out = subprocess.run(
+      [sys.executable, '-m', 'launch.prune', '--config=configs/prune_mobilenet_v2_digits.py',
+       f'--workdir={workdir}', f'--config.prune.base_workdir={base_dir}',
+       '--config.prune.prune_every=5', '--config.prune.rounds=30',
+       '--config.prune.budgets=(5000, 4500)'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  for s in summary['snapshots']:
+    assert f'budget {s["budget"]:>10,}  params {s["params"]:>10,}' in out.stdout
+
+
+def test_one_shot_cuts_a_module_to_each_budget_keeping_a_channel_per_group(base, tmp_path):
+  c = config(base, schedule='one_shot', finetune_epochs=0.25, budgets=(5_000, 1_500))
+  summary = prune_tune.prune_and_tune(c, str(tmp_path / 'p'))
+  removals = json.load(open(tmp_path / 'p' / 'history.json'))['removals']
+  for snap in summary['snapshots']:
+    spec = spec_lib.load(os.path.join(snap['dir'], 'spec.json'))
+    cut = [r for r in removals if r['budget'] == snap['budget']]
+    assert snap['params'] <= snap['budget'] < cut[-2]['params']  # the fewest channels
+    assert min(spec.prunable) >= 1
+    assert list(spec.prunable) == [w - sum(r['layer'] == n for r in cut)
+                                   for n, w in WIDTHS.items()]

@@ -200,10 +200,13 @@ class _LowRank(zoo.nn.Module):
     return x.reshape(x.shape[0], -1) @ (a @ b)
 
 
-def test_the_generic_prune_step_is_the_hand_gated_one():
+@pytest.mark.parametrize('masked', [False, True])
+def test_the_generic_prune_step_is_the_hand_gated_one(masked):
   """graph.step.make_prune_step against prune.make_prune_step on WRN-10-1 for three steps (same
   crops, flips, SGD update): the same parameters and the same accumulated sums of every
-  gradient statistic (fisher, grad, grad_sq, grad_abs)."""
+  gradient statistic (fisher, grad, grad_sq, grad_abs). With channels masked (the hand step
+  gates them, the generic one zeroes every variable position that holds them, `expand_masks`),
+  the same losses, statistics and parameters outside the masked positions."""
   from jaxbud import data  # pylint: disable=g-import-not-at-top
   from jaxbud.graph import step as graph_step  # pylint: disable=g-import-not-at-top
   spec = spec_lib.wrn(10, 1, in_channels=1)
@@ -217,18 +220,27 @@ def test_the_generic_prune_step_is_the_hand_gated_one():
   accs = ('fisher', 'grad', 'grad_sq', 'grad_abs')
   hand = jax.jit(prune.make_prune_step(model, tx, ds, crop_pad=1, flip=True, accumulators=accs))
   generic = jax.jit(graph_step.make_prune_step(model.apply, tx, ds, crop_pad=1, flip=True,
-                                               groups=[g.name for g in hand_groups],
+                                               groups=groups,
+                                               scored=[g.name for g in hand_groups],
                                                accumulators=accs))
   a = prune.init_prune_state(state, spec, accs)
-  b = graph_step.init_state(state, hand_groups, accumulators=accs)
+  if masked:  # two channels of one layer, one of another
+    first, second = spec.prunable_names[:2]
+    a = a.replace(mask={**a.mask, first: a.mask[first].at[jnp.array([0, 5])].set(0.0),
+                        second: a.mask[second].at[3].set(0.0)})
+  # Masks by group, as a prune run holds them (all ones: multiplying by them changes nothing).
+  b = graph_step.init_state(state, hand_groups, mask=a.mask, accumulators=accs)
+  keep = graph_step.expand_masks(groups, a.mask)['params']
   for i in range(3):
     batch = {'image': ds.train_images[4 * (i % 2):4 * (i % 2) + 4],
              'label': jnp.asarray(ds.train_labels[4 * (i % 2):4 * (i % 2) + 4])}
     a, ma = hand(a, batch)
     b, mb = generic(b, batch)
     np.testing.assert_allclose(mb['train_loss'], ma['train_loss'], rtol=1e-5)
-  for x, y in zip(jax.tree.leaves(b.train.params), jax.tree.leaves(a.train.params)):
-    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  for x, y, m in zip(jax.tree.leaves(b.train.params), jax.tree.leaves(a.train.params),
+                     jax.tree.leaves(keep)):
+    np.testing.assert_allclose(x, y * m, rtol=1e-4, atol=1e-6)
+    assert not np.any(np.asarray(x)[np.broadcast_to(m, x.shape) == 0])
   for acc in accs:
     for name in spec.prunable_names:
       want = a.stats[acc][name]

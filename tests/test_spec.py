@@ -294,8 +294,8 @@ def test_minimal_json_is_accepted():
 
 @pytest.mark.parametrize('text, msg', [
     ('{"family":"vgg","depth":16}',
-     r"unknown spec family 'vgg'; expected one of \['densenet_bc', 'resnet', 'wrn'\]"),
-    ('{"depth":10}', r"unknown spec family None; expected one of \['densenet_bc', 'resnet'"),
+     r"unknown spec family 'vgg'; expected one of \['densenet_bc', 'module', 'resnet', 'wrn'\]"),
+    ('{"depth":10}', r"unknown spec family None; expected one of \['densenet_bc', 'module', 'resnet'"),
     ('{"family":["wrn"],"depth":10}', r"unknown spec family \['wrn'\]; expected one of"),
     (_WRN10[:-1] + ',"dropout":0.3}',
      r"unknown field\(s\) \['dropout'\] for family 'wrn'; expected \['depth', 'in_channels', "
