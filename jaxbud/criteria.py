@@ -124,11 +124,12 @@ def fisher(ctx: Context):
 
 
 def macs_saved(spec: spec_lib.Spec, image_size: int, num_classes: int) -> dict:
-  """MACs removed by pruning one channel of each prunable layer (0 where the layer is empty)."""
+  """MACs removed by pruning one channel of each prunable layer (0 where the layer is empty, or
+at its family's `min_width`)."""
   base = spec_lib.count_macs(spec, image_size, num_classes)
   widths, out = list(spec.prunable), {}
   for i, name in enumerate(spec.prunable_names):
-    if widths[i] == 0:
+    if widths[i] <= getattr(spec, 'min_width', 0):
       out[name] = 0.0
       continue
     fewer = widths[:i] + [widths[i] - 1] + widths[i + 1:]

@@ -41,11 +41,13 @@ def stablehlo(net: inference.Network, platforms=PLATFORMS) -> bytes:
   return serialize(net.apply, net.input_shape, platforms)
 
 
-def serialize(fn, image_shape, platforms=PLATFORMS) -> bytes:
+def serialize(fn, image_shape, platforms=PLATFORMS, batch: int | None = None) -> bytes:
   """The serialized jax.export artifact of `fn` on uint8 (batch, *image_shape) images, the
-  batch symbolic: any network's forward pass, e.g. one `jaxbud.graph` compacted."""
-  (b,) = jax.export.symbolic_shape('batch')
-  images = jax.ShapeDtypeStruct((b, *image_shape), jnp.uint8)
+  batch symbolic unless `batch` is given: any network's forward pass, e.g. one `jaxbud.graph`
+  compacted (a compacted program runs at the batch size it was analysed at: give it)."""
+  if batch is None:
+    (batch,) = jax.export.symbolic_shape('batch')
+  images = jax.ShapeDtypeStruct((batch, *image_shape), jnp.uint8)
   return bytes(jax.export.export(jax.jit(fn), platforms=platforms)(images).serialize())
 
 

@@ -8,12 +8,16 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 import jaxbud
+import jaxbud.graph as jg
 from configs import prune_mobilenet_v2_digits as example
 from configs import study_digits
+from jaxbud import augment
 from jaxbud import data
 from jaxbud import export
 from jaxbud import prune_tune
@@ -71,6 +75,10 @@ def test_launch_prune_prunes_any_module_and_its_snapshots_load_and_export(pruned
     spec = spec_lib.load(os.path.join(snap['dir'], 'spec.json'))
     assert spec.family == 'module' and spec.count_params() == snap['params']
     assert all(w >= 1 for w in spec.prunable) and sum(spec.prunable) < sum(WIDTHS.values())
+    # Its spec.json trains the pruned architecture from scratch (model.spec_file).
+    c = config()
+    c.model.spec_file = os.path.join(snap['dir'], 'spec.json')
+    assert train.setup(c).spec == spec
     net = jaxbud.load(snap['dir'])  # rebuilt by the factory at the snapshot's widths
     assert net.num_params == snap['params']
     # The compacted network makes the masked network's predictions (the run's evaluation).
@@ -79,13 +87,16 @@ def test_launch_prune_prunes_any_module_and_its_snapshots_load_and_export(pruned
     assert snap['test_error'] < 0.3
   history = json.load(open(workdir / 'history.json'))
   assert len(history['removals']) == summary['removed'] > 0
-  # Exported as StableHLO, the snapshot runs in plain JAX with the loaded network's logits.
-  out = export.export(summary['snapshots'][-1]['dir'], tmp_path / 'export',
-                      formats=('stablehlo',))
+  # Exported, the snapshot runs in plain JAX (StableHLO) and in onnxruntime (ONNX) with the
+  # loaded network's logits.
+  out = export.export(summary['snapshots'][-1]['dir'], tmp_path / 'export')
   exported = jax.export.deserialize(bytearray(open(out['files']['model.stablehlo'], 'rb').read()))
   net = jaxbud.load(summary['snapshots'][-1]['dir'])
-  np.testing.assert_allclose(exported.call(ds.test_images[:16]), net.predict(ds.test_images[:16]),
-                             rtol=1e-5, atol=1e-5)
+  want = net.predict(ds.test_images[:16])
+  np.testing.assert_allclose(exported.call(ds.test_images[:16]), want, rtol=1e-5, atol=1e-5)
+  session = ort.InferenceSession(out['files']['model.onnx'], providers=['CPUExecutionProvider'])
+  np.testing.assert_allclose(session.run(None, {'images': ds.test_images[:16]})[0], want,
+                             rtol=1e-4, atol=1e-4)
 
 
 def test_a_killed_module_prune_run_resumes_to_the_same_removals(pruned, base, tmp_path):
@@ -151,3 +162,31 @@ def test_one_shot_cuts_a_module_to_each_budget_keeping_a_channel_per_group(base,
     assert min(spec.prunable) >= 1
     assert list(spec.prunable) == [w - sum(r['layer'] == n for r in cut)
                                    for n, w in WIDTHS.items()]
+
+
+def test_the_compacted_program_exports_at_its_batch_size():
+  """Without a factory, jg.compact's program (the jaxpr re-evaluated at the new shapes) is the
+  smaller network; it exports as StableHLO at the batch size it was analysed at."""
+  ds = data.digits()
+  module = example.make_module(WIDTHS)
+  images = ds.test_images[:4]
+  x = augment.normalize(images, ds.mean, ds.std)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
+  groups = jg.analyze(module.apply, variables, x)
+  rng = np.random.default_rng(0)
+  keep = {g.name: np.sort(rng.choice(g.size, g.size // 2, replace=False))
+          for g in groups.prunable}
+  small = jg.compact(groups, variables, keep)
+  forward = lambda images: small.apply(small.variables, augment.normalize(images, ds.mean, ds.std))
+  blob = export.serialize(forward, ds.image_shape, platforms=('cpu',), batch=4)
+  exported = jax.export.deserialize(bytearray(blob))
+  masked = jax.tree.map(jnp.multiply, variables, jg.masks(groups, keep))
+  np.testing.assert_allclose(exported.call(images), module.apply(masked, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('criterion', ['taylor', 'fisher_cost', 'random'])
+def test_the_other_any_model_criteria_prune_a_module(base, tmp_path, criterion):
+  c = config(base, criterion=criterion, beta=1e-9, rounds=3, budgets=(),
+             stop_after_last_budget=False)
+  summary = prune_tune.prune_and_tune(c, str(tmp_path / 'p'))
+  assert summary['removed'] == 3 * c.prune.channels_per_round
