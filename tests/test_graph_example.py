@@ -34,7 +34,7 @@ WIDTHS = dict(stem=16, b0_expand=32, b1_expand=32, b2_expand=48, b2_project=24)
 
 def config(base_workdir='', **prune):
   c = example.get_config()
-  c.train.update(epochs=6, milestones=(4, 5), eval_every_epochs=6)
+  c.train.update(epochs=4, milestones=(3,), eval_every_epochs=4)
   c.prune.update(dict(base_workdir=str(base_workdir), prune_every=5, rounds=30,
                       budgets=(5_000, 4_500), checkpoint_every_rounds=4, compact_every=16,
                       eval_every_rounds=5), **prune)
@@ -152,7 +152,7 @@ def test_the_commands_in_the_config_run_as_written(pruned):
 
 
 def test_one_shot_cuts_a_module_to_each_budget_keeping_a_channel_per_group(base, tmp_path):
-  c = config(base, schedule='one_shot', finetune_epochs=0.25, budgets=(5_000, 1_500))
+  c = config(base, schedule='one_shot', finetune_epochs=0.1, budgets=(1_500,))
   summary = prune_tune.prune_and_tune(c, str(tmp_path / 'p'))
   removals = json.load(open(tmp_path / 'p' / 'history.json'))['removals']
   for snap in summary['snapshots']:
@@ -184,7 +184,7 @@ def test_the_compacted_program_exports_at_its_batch_size():
   np.testing.assert_allclose(exported.call(images), module.apply(masked, x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('criterion', ['taylor', 'fisher_cost', 'random'])
+@pytest.mark.parametrize('criterion', ['taylor', 'fisher_cost'])
 def test_the_other_any_model_criteria_prune_a_module(base, tmp_path, criterion):
   c = config(base, criterion=criterion, beta=1e-9, rounds=3, budgets=(),
              stop_after_last_budget=False)
