@@ -156,7 +156,7 @@ def one_shot(pcfg) -> bool:
 
 def budget_size(pcfg, num_classes: int, image_size: int) -> spec_lib.Size:
   """How the prune section's budgets measure a network (`prune.budget_unit`)."""
-  return spec_lib.Size(pcfg.get('budget_unit', 'params'), num_classes, image_size)
+  return spec_lib.Size(schedules.budget_unit(pcfg), num_classes, image_size)
 
 
 def tune_periods(pcfg, n_train: int) -> int:
@@ -563,7 +563,7 @@ def prune_and_tune(config: ml_collections.ConfigDict, workdir: str, dataset=None
             'round' if one_shot(pcfg) else f'{pcfg.rounds} rounds')
   metrics_lib.log(f'pruning {base_spec.family} ({base_params:,} params) with '
                   f'{pcfg.criterion}: {rounds} of {pcfg.prune_every} steps at lr {p.lr:g}, '
-                  f'budgets {tuple(pcfg.budgets)} {pcfg.get("budget_unit", "params")}')
+                  f'budgets {tuple(pcfg.budgets)} {schedules.budget_unit(pcfg)}')
 
   task = _Pruning(p, workdir, ckpts, writer, spec, meta, base_spec)
   every = pcfg.prune_every

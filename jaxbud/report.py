@@ -26,6 +26,7 @@ import jax
 
 from jaxbud import bench
 from jaxbud import metrics as metrics_lib
+from jaxbud import schedules
 from jaxbud import spec as spec_lib
 from jaxbud import stats
 
@@ -253,7 +254,7 @@ def _rq5(question, mine, text) -> tuple[str, list[str]]:
 
 def _unit(config) -> str:
   """What the study's budgets count (`prune.budget_unit`)."""
-  return config.get('prune', {}).get('budget_unit', 'params')
+  return schedules.budget_unit(config.get('prune', {}))
 
 
 def _at(c) -> str:

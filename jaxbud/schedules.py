@@ -80,6 +80,11 @@ def get(name: str) -> Callable[[Round], list]:
   return _RULES[name]
 
 
+def budget_unit(pcfg) -> str:
+  """What a prune section's budgets count (`prune.budget_unit`; params when it has none)."""
+  return pcfg.get('budget_unit', 'params')
+
+
 def check_section(pcfg):
   """The schedule fields of a prune section: a known schedule, a ratio in [0, 1), one
   allocation (a per-layer ratio removes its own count per round), a budget unit."""
@@ -94,7 +99,7 @@ def check_section(pcfg):
                      'a round removes; leave channels_per_round at 1')
   if schedule == ONE_SHOT and pcfg.get('finetune_epochs', 1.0) <= 0:
     raise UsageError(f'prune.finetune_epochs must be > 0, got {pcfg.finetune_epochs}')
-  spec_lib.Size(pcfg.get('budget_unit', 'params'))  # an unknown unit is a usage error
+  spec_lib.Size(budget_unit(pcfg))  # an unknown unit is a usage error
 
 
 def ratio_widths(widths, fraction: float, minimum: int = 0) -> list[int]:

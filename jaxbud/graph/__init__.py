@@ -9,7 +9,7 @@
 
 An nnx module: jg.analyze(module, images), jg.compact(groups, module, keep) (in place).
 """
-from jaxbud.graph.analyze import analyze
+from jaxbud.graph.analysis import analyze
 from jaxbud.graph.compact import compact
 from jaxbud.graph.compact import Compacted
 from jaxbud.graph.compact import masks

@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxbud import spec as spec_lib
 from jaxbud.errors import UsageError
-from jaxbud.graph.analyze import analyze
+from jaxbud.graph.analysis import analyze
 
 
 def resolve(ref):

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxbud.errors import UsageError
 from jaxbud.graph import nnx_module
-from jaxbud.graph.analyze import key_path
+from jaxbud.graph.analysis import key_path
 from jaxbud.graph.program import Program
 
 

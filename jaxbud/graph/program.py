@@ -19,9 +19,9 @@ import numpy as np
 from jaxbud.errors import UsageError
 from jaxbud.graph import evaluate as evaluate_lib
 from jaxbud.graph import rules
-from jaxbud.graph.analyze import _is_array  # pylint: disable=protected-access
-from jaxbud.graph.analyze import expand
-from jaxbud.graph.analyze import inputs
+from jaxbud.graph.analysis import _is_array  # pylint: disable=protected-access
+from jaxbud.graph.analysis import expand
+from jaxbud.graph.analysis import inputs
 
 _SHAPED = ('broadcast_in_dim', 'iota', 'random_bits', 'rng_bit_generator', 'full')
 

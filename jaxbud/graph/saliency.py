@@ -26,10 +26,10 @@ import numpy as np
 
 from jaxbud import models
 from jaxbud.errors import UsageError
-from jaxbud.graph.analyze import analyze_traced
-from jaxbud.graph.analyze import expand
-from jaxbud.graph.analyze import inputs
-from jaxbud.graph.analyze import trace
+from jaxbud.graph.analysis import analyze_traced
+from jaxbud.graph.analysis import expand
+from jaxbud.graph.analysis import inputs
+from jaxbud.graph.analysis import trace
 from jaxbud.graph import nnx_module
 from jaxbud.graph import evaluate as evaluate_lib
 
