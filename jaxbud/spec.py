@@ -232,8 +232,10 @@ _PLUGINS = {'module': 'jaxbud.graph.arch'}
 
 def register_family(cls):
   """Adds a spec class defined elsewhere (e.g. jaxbud.graph.arch.ModuleSpec) to `FAMILIES`.
-  It has `family`, `prunable`, `prunable_names`, `with_prunable`, `to_dict`, `count_params`
-  and `count_macs` (and `min_width`, the fewest channels pruning leaves a layer, default 0)."""
+  It has `family`, `prunable`, `prunable_names`, `with_prunable`, `to_dict`, `count_params`,
+  `count_macs`, `build(num_classes, dtype)` (its model, see `models.build`) and
+  `from_config(model_cfg, image_shape, num_classes)` (for `train.build_spec`), and may have
+  `min_width`, the fewest channels pruning leaves a layer (default 0)."""
   FAMILIES[cls.family] = cls
   return cls
 

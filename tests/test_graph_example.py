@@ -64,6 +64,12 @@ def test_the_module_spec_counts_what_the_module_holds():
   assert spec.count_macs(8) == 64 * (144 + 2 * 1312 + 768) + 16 * (432 + 1152) + 240
   assert spec_lib.from_json(spec.to_json()) == spec
   assert spec_lib.Size('params').floor(spec) == spec.with_prunable([1] * 5).count_params()
+  # A factory may also be named by its file.
+  by_path = arch.ModuleSpec(os.path.join(ROOT, 'configs', 'prune_mobilenet_v2_digits.py') +
+                            ':make_module', WIDTHS, (8, 8, 1))
+  assert by_path.count_params() == spec.count_params()
+  with pytest.raises(UsageError, match='must name a factory'):
+    arch.resolve('configs.prune_mobilenet_v2_digits.make_module')
 
 
 def test_launch_prune_prunes_any_module_and_its_snapshots_load_and_export(pruned, tmp_path):
