@@ -141,13 +141,15 @@ def validate_section(pcfg, base_spec=None):
   if per_round < 1:
     raise UsageError(f'prune.channels_per_round must be >= 1, got {per_round}')
   schedules.check_section(pcfg)
-  channels = sum(base_spec.prunable) if base_spec is not None else None
+  channels = (sum(w - min(w, getattr(base_spec, 'min_width', 0)) for w in base_spec.prunable)
+              if base_spec is not None else None)
   if (channels is not None and pcfg.rounds * per_round > channels and
       not pcfg.get('per_layer_ratio', 0.0) and not one_shot(pcfg)):
     what = f'prune.rounds={pcfg.rounds}' + (
         f' x prune.channels_per_round={per_round}' if per_round > 1 else '')
     raise UsageError(f'{what} removes more channels than the {channels} prunable channels of '
-                     'the base network')
+                     'the base network' + (f' (each group keeps {base_spec.min_width})'
+                                           if getattr(base_spec, 'min_width', 0) else ''))
 
 
 def one_shot(pcfg) -> bool:

@@ -9,6 +9,8 @@ import sys
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
+import ml_collections
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -196,3 +198,42 @@ def test_fisher_cost_prunes_a_module_with_the_macs_each_group_saves(base, tmp_pa
              stop_after_last_budget=False)
   summary = prune_tune.prune_and_tune(c, str(tmp_path / 'p'))
   assert summary['removed'] == 3 * c.prune.channels_per_round
+
+
+class NnxNet(nnx.Module):
+  """A small flax.nnx CNN, for a model.module config whose factory takes `rngs`."""
+
+  def __init__(self, widths, rngs):
+    a, b = widths['conv1'], widths['conv2']
+    self.conv1 = nnx.Conv(1, a, (3, 3), use_bias=False, rngs=rngs)
+    self.bn1 = nnx.BatchNorm(a, momentum=0.9, rngs=rngs)
+    self.conv2 = nnx.Conv(a, b, (3, 3), strides=2, use_bias=False, rngs=rngs)
+    self.bn2 = nnx.BatchNorm(b, momentum=0.9, rngs=rngs)
+    self.head = nnx.Linear(b, 10, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.bn1(self.conv1(x)))
+    x = nnx.relu(self.bn2(self.conv2(x)))
+    return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+def make_nnx(widths, rngs):
+  return NnxNet(widths, rngs)
+
+
+def test_an_nnx_module_trains_prunes_and_loads(tmp_path):
+  c = config(budgets=(3_000,), rounds=20, compact_every=8)
+  c.model = ml_collections.ConfigDict(dict(module='tests.test_graph_example:make_nnx',
+                                           widths=dict(conv1=16, conv2=32), spec_file='',
+                                           dtype='float32'))
+  c.train.update(epochs=2, milestones=(1,), eval_every_epochs=2)
+  final = train.train_and_evaluate(c, str(tmp_path / 'base'))
+  assert final['params'] == 9 * 16 + 2 * 16 + 9 * 16 * 32 + 2 * 32 + 32 * 10 + 10
+  c.prune.base_workdir = str(tmp_path / 'base')
+  summary = prune_tune.prune_and_tune(c, str(tmp_path / 'prune'))
+  (snap,) = summary['snapshots']
+  assert snap['params'] <= 3_000
+  net = jaxbud.load(snap['dir'])
+  ds = data.digits()
+  wrong = int(np.sum(np.argmax(net.predict(ds.test_images), -1) != ds.test_labels))
+  assert wrong == round(snap['test_error'] * len(ds.test_labels))

@@ -1,15 +1,17 @@
-"""Any linen classifier as a width spec: `model.module` configs for launch.train and launch.prune.
+"""Any Flax classifier as a width spec: `model.module` configs for launch.train and launch.prune.
 
 A config names a factory, `model.module = 'package.module:make_module'` (or
-'path/to/file.py:make_module'), that builds the linen module for a dict of widths, and gives
-the widths it starts from, `model.widths = {group name: channels}`: one entry for each prunable
-channel group `jaxbud.graph.analyze` finds in that module. `ModuleSpec` is then the network's
+'path/to/file.py:make_module'), that builds the linen module for a dict of widths (or the
+flax.nnx module, when it also takes `rngs`), and gives the widths it starts from,
+`model.widths = {group name: channels}`: one entry for each prunable channel group
+`jaxbud.graph.analyze` finds in that module. `ModuleSpec` is then the network's
 width spec, as `spec.WRNSpec` is a WRN's: prune runs map it to smaller ones, checkpoints and
 snapshots record it (spec.json: family 'module', the factory, the widths, the input shape), and
 `jaxbud.load` rebuilds the network from it by importing the factory again.
 
-The module is called as `module.apply(variables, images, train=...)` (batch norm in train
-mode when `train`; the batch statistics are the mutable collection). Parameters and MACs are
+A linen module is called as `module.apply(variables, images, train=...)` (batch norm in
+train mode when `train`; the batch statistics are the mutable collection), an nnx one as
+`module(images)` after `module.train()` or `module.eval()`. Parameters and MACs are
 counted from the built module: the params leaves, and the convolutions' and dot products'
 multiply-accumulates in its traced forward pass on one image (jaxbud's own families count the
 same things). Every prunable group keeps at least one channel (`min_width`), so a factory never
@@ -19,6 +21,7 @@ import dataclasses
 import functools
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -30,6 +33,7 @@ import numpy as np
 
 from jaxbud import spec as spec_lib
 from jaxbud.errors import UsageError
+from jaxbud.graph import nnx_module
 from jaxbud.graph.analysis import analyze
 
 
@@ -115,13 +119,18 @@ class ModuleSpec:
   def from_config(cls, model_cfg, image_shape, num_classes: int) -> 'ModuleSpec':
     return from_config(model_cfg, image_shape, num_classes)
 
-  def make(self):
-    """The linen module at these widths."""
-    return resolve(self.module)(dict(self.widths))
+  def make(self, key=None):
+    """The module at these widths (an nnx factory's parameters drawn from `key`)."""
+    return call_factory(resolve(self.module), dict(self.widths), key)
+
+  @property
+  def nnx(self) -> bool:
+    """Whether the factory builds a flax.nnx module (it takes `rngs`)."""
+    return _takes_rngs(resolve(self.module))
 
   def build(self, num_classes: int, dtype=jnp.float32) -> 'Model':
     del num_classes  # the factory's module fixes its classes (checked by `from_config`)
-    return Model(self, self.make(), jnp.dtype(dtype))
+    return Model(self, None if self.nnx else self.make(), jnp.dtype(dtype))
 
   def count_params(self, num_classes: int = 10) -> int:
     del num_classes
@@ -135,16 +144,38 @@ class ModuleSpec:
 spec_lib.register_family(ModuleSpec)
 
 
+def _takes_rngs(factory) -> bool:
+  return 'rngs' in inspect.signature(factory).parameters
+
+
+def call_factory(factory, widths: dict, key=None):
+  """factory(widths), or for an nnx factory (one with an `rngs` parameter) factory(widths,
+  rngs=nnx.Rngs(key)), key 0 by default."""
+  if _takes_rngs(factory):
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    return factory(widths, rngs=nnx.Rngs(0 if key is None else key))
+  return factory(widths)
+
+
 class Model:
   """A factory's module with the interface jaxbud's own models have: `apply(variables, x,
   train=False, mutable=...)` with the batch statistics always in the mutable result (empty
-  for a model without batch norm), `init`, `dtype` (of the inputs it is given) and `spec`."""
+  for a model without batch norm), `init`, `dtype` (of the inputs it is given) and `spec`.
+
+  An nnx module (`module` None) is built inside each traced call, where building it costs only
+  tracing (built eagerly, every initializer would be compiled on its own), and run in its
+  functional form (`nnx_module.functional`) in eval mode (`module.eval()`) or train mode
+  (`module.train()`) on the given variables; `init` builds it from the key."""
 
   def __init__(self, spec: ModuleSpec, module, dtype):
     self.spec, self.module, self.dtype = spec, module, dtype
+    self.nnx = module is None
 
   def init(self, key, x):
-    variables = dict(self.module.init(key, x))
+    if self.nnx:
+      variables = nnx_module.functional(self.spec.make(key))[1]
+    else:
+      variables = dict(self.module.init(key, x))
     variables.setdefault('batch_stats', {})
     return variables
 
@@ -152,6 +183,11 @@ class Model:
     if gates is not None:
       raise UsageError('a model.module network takes no hand-placed gates; its channel '
                        'statistics come from jaxbud.graph (graph.step.make_prune_step)')
+    if self.nnx:
+      module = self.spec.make()
+      module.train() if train else module.eval()  # pylint: disable=expression-not-assigned
+      out, updates = nnx_module.functional(module)[0](variables, x)
+      return out if mutable is False else (out, updates)
     variables = {k: v for k, v in variables.items() if v or k != 'batch_stats'}
     out = self.module.apply(variables, x, train=train, mutable=mutable)
     if mutable is False:
@@ -192,10 +228,10 @@ def _macs(jaxpr) -> int:
 
 @functools.lru_cache(maxsize=512)
 def _shapes(spec: ModuleSpec, image_shape: tuple):
-  """(module, abstract variables, abstract batch of one image) of the module `spec` builds."""
-  module = spec.make()
+  """(model, abstract variables, abstract batch of one image) of the module `spec` builds."""
+  model = spec.build(0)
   x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-  return module, jax.eval_shape(module.init, jax.random.key(0), x), x
+  return model, jax.eval_shape(model.init, jax.random.key(0), x), x
 
 
 def _params(spec: ModuleSpec) -> int:
@@ -205,8 +241,8 @@ def _params(spec: ModuleSpec) -> int:
 
 @functools.lru_cache(maxsize=512)
 def _macs_on(spec: ModuleSpec, image_shape: tuple) -> int:
-  module, variables, x = _shapes(spec, image_shape)
-  closed = jax.make_jaxpr(lambda v, x: module.apply(v, x, train=False))(variables, x)
+  model, variables, x = _shapes(spec, image_shape)
+  closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
   return _macs(closed.jaxpr)
 
 
@@ -214,7 +250,7 @@ def from_config(model_cfg, image_shape, num_classes: int) -> ModuleSpec:
   """The spec of a `model.module` config section, checked against the module it builds: its
   widths must name every prunable group with the width the module has, and its output must
   have `num_classes` logits."""
-  factory = resolve(model_cfg.module)
+  resolve(model_cfg.module)  # a usage error first if the factory cannot be had
   if model_cfg.get('spec_file'):
     spec = spec_lib.load(model_cfg.spec_file)
     if spec.family != ModuleSpec.family or spec.module != model_cfg.module:
@@ -231,21 +267,21 @@ def from_config(model_cfg, image_shape, num_classes: int) -> ModuleSpec:
                        'every prunable group of the module')
     widths = dict(widths)
   try:
-    module = factory(dict(widths))
+    model = ModuleSpec(model_cfg.module, widths, image_shape).build(num_classes)
   except KeyError as e:
     raise UsageError(f'model.module={model_cfg.module!r} reads widths[{e}], which model.widths '
                      f'({sorted(widths)}) lacks') from None
   x = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
   try:
-    variables = jax.eval_shape(module.init, jax.random.key(0), x)
-    logits = jax.eval_shape(lambda v, x: module.apply(v, x, train=False), variables, x)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
   except TypeError as e:
-    raise UsageError(f'model.module={model_cfg.module!r}: the module must take '
-                     f'(images, train=...) ({e})') from None
+    raise UsageError(f'model.module={model_cfg.module!r}: a linen module must take '
+                     f'(images, train=...), an nnx module (images) ({e})') from None
   if getattr(logits, 'shape', None) != (2, num_classes):
     raise UsageError(f'model.module={model_cfg.module!r} returns {jax.tree.map(np.shape, logits)}'
                      f' for 2 images; a classifier of this dataset returns (2, {num_classes})')
-  groups = analyze(module.apply, variables, x, train=True, mutable=['batch_stats'])
+  groups = model.groups
   found = {g.name: g.size for g in groups.prunable}
   if not found:
     raise UsageError(f'model.module={model_cfg.module!r}: no channel group can be pruned '
