@@ -237,3 +237,18 @@ def test_an_nnx_module_trains_prunes_and_loads(tmp_path):
   ds = data.digits()
   wrong = int(np.sum(np.argmax(net.predict(ds.test_images), -1) != ds.test_labels))
   assert wrong == round(snap['test_error'] * len(ds.test_labels))
+
+
+def make_nnx_dropout(widths, rngs):
+  net = NnxNet(widths, rngs)
+  net.drop = nnx.Dropout(0.1, rngs=rngs)
+  return net
+
+
+def test_an_nnx_module_with_dropout_is_refused():
+  c = config()
+  c.model = ml_collections.ConfigDict(dict(module='tests.test_graph_example:make_nnx_dropout',
+                                           widths=dict(conv1=16, conv2=32), spec_file='',
+                                           dtype='float32'))
+  with pytest.raises(UsageError, match='has a Dropout at drop'):
+    train.setup(c)

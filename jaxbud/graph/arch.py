@@ -246,6 +246,18 @@ def _macs_on(spec: ModuleSpec, image_shape: tuple) -> int:
   return _macs(closed.jaxpr)
 
 
+def _check_deterministic(spec: ModuleSpec):
+  """jaxbud's steps give a module no random key: an nnx Dropout would draw the same mask at
+  every step (linen's asks for the key itself and fails)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  module = nnx.eval_shape(spec.make)
+  for path, node in nnx.iter_graph(module):
+    if isinstance(node, nnx.Dropout) and node.rate > 0:
+      raise UsageError(f'model.module={spec.module!r} has a Dropout at '
+                       f'{"/".join(map(str, path))}: jaxbud\'s steps pass no random key, so it '
+                       'would drop the same channels at every step; build it with rate 0')
+
+
 def from_config(model_cfg, image_shape, num_classes: int) -> ModuleSpec:
   """The spec of a `model.module` config section, checked against the module it builds: its
   widths must name every prunable group with the width the module has, and its output must
@@ -281,6 +293,8 @@ def from_config(model_cfg, image_shape, num_classes: int) -> ModuleSpec:
   if getattr(logits, 'shape', None) != (2, num_classes):
     raise UsageError(f'model.module={model_cfg.module!r} returns {jax.tree.map(np.shape, logits)}'
                      f' for 2 images; a classifier of this dataset returns (2, {num_classes})')
+  if model.nnx:
+    _check_deterministic(model.spec)
   groups = model.groups
   found = {g.name: g.size for g in groups.prunable}
   if not found:
