@@ -1,4 +1,5 @@
-"""One mesh over all devices: a prune run on 4 forced host devices decides like one on 1 device.
+"""One mesh over all devices: a prune run on 4 forced host devices decides like one on 1 device,
+for a family network and for a model.module one (jaxbud.graph's prune step).
 
 Both prune runs start from the same trained base. Fisher scores are sums over the global batch
 whatever the device count, but 4 devices add them (and the gradients and BN statistics) in
@@ -37,7 +38,19 @@ try:
 except ValueError as e:
   batch_error = str(e)
 history = json.load(open(workdir + '/prune/history.json'))['removals']
+# A model.module network (jaxbud.graph's step, masks and compaction) on the same mesh.
+from configs import prune_mobilenet_v2_digits as example
+m = example.get_config()
+m.train.update(epochs=2, milestones=(1,), eval_every_epochs=2, eval_batch_size=360)
+m.prune.update(base_workdir=base + '_module', prune_every=3, rounds=6, channels_per_round=1,
+               budgets=(), stop_after_last_budget=False, compact_every=4,
+               checkpoint_every_rounds=6)
+train.train_and_evaluate(m, base + '_module')
+prune_tune.prune_and_tune(m, workdir + '/module')
+module = json.load(open(workdir + '/module/history.json'))['removals']
 print(json.dumps({'devices': jax.device_count(), 'base_loss': final['test_loss'],
+                  'module': [(h['layer'], h['channel']) for h in module],
+                  'module_scores': [h['score'] for h in module],
                   'history': [(h['layer'], h['channel']) for h in history],
                   'scores': [h['score'] for h in history],
                   'runner_up': [h['runner_up'] for h in history],
@@ -69,6 +82,10 @@ def test_prune_decisions_do_not_depend_on_the_device_count(tmp_path):
     assert runner_up - one['scores'][same] <= 0.01 * one['scores'][same]
   else:
     assert abs(four['snapshot_error'] - one['snapshot_error']) <= 1 / 360 + 1e-9
+  # The module run: the same removals, the scores equal to float rounding.
+  assert len(one['module']) == 6 and four['module'][:3] == one['module'][:3], (
+      one['module'], four['module'])
+  np.testing.assert_allclose(four['module_scores'][:3], one['module_scores'][:3], rtol=1e-3)
   assert one['batch_error'] is None
   assert four['batch_error'] == 'train.batch_size=126 must be divisible by the device count 4'
 
