@@ -196,11 +196,15 @@ class _Ops(NamedTuple):
   make_prune_step: Callable
   make_eval_step: Callable
   shrink_state: Callable
+  live_params: Callable  # (spec, {name: (C,) mask}, classes) -> params with masked ones gone
 
 
-_OPS = {'spec': _Ops(prune.make_prune_step, prune.make_eval_step, prune.shrink_state),
+_OPS = {'spec': _Ops(prune.make_prune_step, prune.make_eval_step, prune.shrink_state,
+                     lambda spec, mask, nc: spec_lib.count_params(_mask_spec(spec, mask), nc)),
+        # From the masks on the variables' layout: one trace per removal would be too slow.
         'module': _Ops(graph_step.make_model_prune_step, graph_step.make_eval_step,
-                       graph_step.shrink_state)}
+                       graph_step.shrink_state,
+                       lambda spec, mask, nc: graph_arch.live_params(spec, mask))}
 
 
 def ops(spec) -> _Ops:
@@ -355,7 +359,7 @@ class _Pruning:
     pcfg = self.pcfg
     rnd = done // pcfg.prune_every - 1
     live = _mask_spec(self.spec, ps.mask)
-    params = spec_lib.count_params(live, self.nc)
+    params = ops(self.spec).live_params(self.spec, ps.mask, self.nc)
     macs = spec_lib.count_macs(live, self.size, self.nc)
     self.train_macs += train_lib.training_macs(macs, pcfg.prune_every * pcfg.batch_size)
     if one_shot(pcfg):
@@ -423,7 +427,7 @@ class _Pruning:
       mask[name][c] = 0.0
       self.removals.append({'round': rnd, 'step': done, 'budget': budget, 'layer': name,
                             'channel': int(c), 'score': score,
-                            'params': spec_lib.count_params(_mask_spec(spec, mask), self.nc)})
+                            'params': ops(spec).live_params(spec, mask, self.nc)})
     metrics_lib.log(f'one-shot: {len(cut)} channels cut for budget {budget:,} '
                     f'{self.measure.unit}')
     # A budget's cost is the scoring round's plus its own tuning: each starts from the base.
@@ -460,7 +464,7 @@ class _Pruning:
       self.removals.append({
           'round': rnd, 'step': done, 'layer': name, 'channel': int(self.orig[name][c]),
           'score': score,
-          'params': spec_lib.count_params(_mask_spec(spec, mask), self.nc),
+          'params': ops(spec).live_params(spec, mask, self.nc),
           'runner_up': nxt and [nxt[0], int(self.orig[nxt[0]][nxt[1]]), nxt[2]]})
     # Replicated like the state the step returns, so the step is not compiled a second time for
     # the single-device arrays eager ops make.

@@ -66,6 +66,14 @@ def test_the_module_spec_counts_what_the_module_holds():
   assert spec.count_macs(8) == 64 * (144 + 2 * 1312 + 768) + 16 * (432 + 1152) + 240
   assert spec_lib.from_json(spec.to_json()) == spec
   assert spec_lib.Size('params').floor(spec) == spec.with_prunable([1] * 5).count_params()
+  # Counted from masks on the full network's layout, as the module built at the live widths.
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    mask = {n: (rng.random(w) < 0.6).astype(np.float32) for n, w in WIDTHS.items()}
+    for m in mask.values():
+      m[0] = 1.0
+    live = spec.with_prunable(int(m.sum()) for m in mask.values())
+    assert arch.live_params(spec, mask) == live.count_params()
   # A factory may also be named by its file.
   by_path = arch.ModuleSpec(os.path.join(ROOT, 'configs', 'prune_mobilenet_v2_digits.py') +
                             ':make_module', WIDTHS, (8, 8, 1))

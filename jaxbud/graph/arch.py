@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import sys
 from typing import ClassVar
@@ -35,6 +36,7 @@ from jaxbud import spec as spec_lib
 from jaxbud.errors import UsageError
 from jaxbud.graph import nnx_module
 from jaxbud.graph.analysis import analyze
+from jaxbud.graph.compact import axis_masks
 
 
 def resolve(ref):
@@ -197,12 +199,32 @@ class Model:
     updates.setdefault('batch_stats', {})
     return out, updates
 
-  @functools.cached_property
+  @property
   def groups(self):
     """The module's channel groups in train mode (masks and compaction of a prune run)."""
-    x = jax.ShapeDtypeStruct((2, *self.spec.input_shape), jnp.float32)
-    variables = jax.eval_shape(self.init, jax.random.key(0), x)
-    return analyze(self.apply, variables, x, train=True, mutable=['batch_stats'])
+    return spec_groups(self.spec)
+
+
+@functools.lru_cache(maxsize=64)
+def spec_groups(spec: ModuleSpec):
+  """The channel groups of the module `spec` builds, in train mode, analysed once per spec
+  (the prune step, the masked evaluation, compaction and `live_params` all read them)."""
+  model = spec.build(0)
+  x = jax.ShapeDtypeStruct((2, *spec.input_shape), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  return analyze(model.apply, variables, x, train=True, mutable=['batch_stats'])
+
+
+def live_params(spec: ModuleSpec, mask: dict) -> int:
+  """Parameters of `spec`'s network with the channels `mask` ({group: (C,) 0/1}) zeroes
+  removed: the params positions compaction keeps (`axis_masks`), counted without tracing the
+  module at the smaller widths. It equals `spec.with_prunable(live counts).count_params()`
+  whenever the factory builds what compaction leaves (a prune run's snapshots rely on that)."""
+  groups = spec_groups(spec)
+  kept = axis_masks(groups, {n: np.flatnonzero(np.asarray(m) > 0) for n, m in mask.items()})
+  return sum(math.prod(int(np.sum(kept[path, a])) if (path, a) in kept else d
+                       for a, d in enumerate(shape))
+             for path, shape in zip(groups.paths, groups.shapes) if path[0] == 'params')
 
 
 def _macs(jaxpr) -> int:

@@ -43,7 +43,7 @@ def check_keep(groups, keep: dict) -> dict:
   return out
 
 
-def _axis_masks(groups, keep) -> dict:
+def axis_masks(groups, keep) -> dict:
   """{(leaf path, axis): bool array over that axis, False where a removed channel sits}."""
   keep = check_keep(groups, keep)
   out = {}
@@ -60,13 +60,13 @@ def _axis_masks(groups, keep) -> dict:
 def masks(groups, keep: dict):
   """0/1 float32 arrays laid out like the analysed variables: 0 at every position of a channel
   not in `keep` ({group name: kept channel indices}; groups left out keep all)."""
-  axis_masks = _axis_masks(groups, keep)
+  kept = axis_masks(groups, keep)
   leaves = []
   for path, shape in zip(groups.paths, groups.shapes):
     m = np.ones(shape, np.float32)
     for axis in range(len(shape)):
-      if (path, axis) in axis_masks:
-        b = axis_masks[(path, axis)].reshape([-1 if i == axis else 1 for i in range(len(shape))])
+      if (path, axis) in kept:
+        b = kept[(path, axis)].reshape([-1 if i == axis else 1 for i in range(len(shape))])
         m = m * b
     leaves.append(jnp.asarray(m))
   return jax.tree_util.tree_unflatten(groups.treedef, leaves)
@@ -102,9 +102,8 @@ def compact(groups, variables, keep: dict, opt_state=None, factory=None) -> Comp
   nnx_target = None
   if nnx_module.is_nnx(variables):
     nnx_target, variables = variables, nnx_module.functional(variables)[1]
-  axis_masks = _axis_masks(groups, keep)
   plan = {}
-  for (path, axis), m in axis_masks.items():
+  for (path, axis), m in axis_masks(groups, keep).items():
     if not m.all():
       plan.setdefault(path, []).append((axis, np.flatnonzero(m)))
   leaves = jax.tree_util.tree_flatten_with_path(variables)[0]

@@ -17,6 +17,7 @@ import optax
 from jaxbud import prune
 from jaxbud import train as train_lib
 from jaxbud.errors import UsageError
+from jaxbud.graph import arch
 from jaxbud.graph.compact import compact
 from jaxbud.graph.saliency import gate_grad_step
 
@@ -132,8 +133,7 @@ def make_eval_step(model, ds):
 def shrink_state(state: train_lib.TrainState, spec, keep: dict) -> train_lib.TrainState:
   """`prune.shrink_state` for a module spec: params, batch statistics and the optimizer state
   laid out like the params keep only the channels `keep` ({group: indices}) names."""
-  groups = spec.build(0).groups
-  small = compact(groups, {'params': state.params, 'batch_stats': state.batch_stats}, keep,
+  small = compact(arch.spec_groups(spec), {'params': state.params, 'batch_stats': state.batch_stats}, keep,
                   opt_state=state.opt_state)
   return state.replace(params=small.variables['params'],
                        batch_stats=small.variables['batch_stats'], opt_state=small.opt_state)
